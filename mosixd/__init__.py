@@ -1,0 +1,3 @@
+"""mosixd: the mosix node daemon."""
+
+__version__ = "0.1.0"

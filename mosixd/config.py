@@ -1,0 +1,174 @@
+"""Daemon configuration: a TOML file plus command-line overrides -> one frozen Config.
+
+Every value is checked here, so a bad one is reported once, naming its key, before the
+daemon touches the network.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_CONFIG = Path("/etc/mosix/mosix.toml")
+DEFAULT_PORT = 7410
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a node daemon needs to know, validated."""
+
+    node_id: str
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    advertise: str = ""
+    socket: Path = Path("/run/mosix/mosixd.sock")
+    state_dir: Path = Path("/var/lib/mosix")
+    key_file: Path = Path("/etc/mosix/cluster.key")
+    peers: tuple[str, ...] = ()
+    load_source: str = "host"
+    cpus: int = 0
+    speed: float = 0.0
+    gossip_interval: float = 1.0
+    window: int = 20
+    down_after: float = 5.0
+    log_level: str = "info"
+    source: Path | None = field(default=None, compare=False)
+
+
+def _address(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value.count(":") < 1:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT with a port in 1..65535, got {value!r}")
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _path(key: str, value: Any) -> Path:
+    return Path(_text(key, value)).expanduser()
+
+
+def _peers(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # a flag gives "a:1,b:2"
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
+    return tuple(_address(key, v) for v in value)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _number(kind: type, *, minimum: float, allow_zero: bool = False) -> Callable[[str, Any], Any]:
+    def check(key: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if kind is int and not float(value).is_integer():
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if not (value >= minimum or (allow_zero and value == 0)):
+            raise ConfigError(f"{key}: must be at least {minimum}, got {value!r}")
+        return kind(value)
+
+    return check
+
+
+# TOML key -> (Config field, checker). Flags use the same checkers via the field name.
+_SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "node.id": ("node_id", _text),
+    "node.listen": ("listen", _address),
+    "node.advertise": ("advertise", _address),
+    "node.socket": ("socket", _path),
+    "node.state_dir": ("state_dir", _path),
+    "node.key_file": ("key_file", _path),
+    "node.peers": ("peers", _peers),
+    "load.source": ("load_source", _choice("host", "tasks")),
+    "load.cpus": ("cpus", _number(int, minimum=1, allow_zero=True)),
+    "load.speed": ("speed", _number(float, minimum=0.001, allow_zero=True)),
+    "gossip.interval": ("gossip_interval", _number(float, minimum=0.01)),
+    "gossip.window": ("window", _number(int, minimum=2)),
+    "gossip.down_after": ("down_after", _number(float, minimum=0.1)),
+    "log.level": ("log_level", _choice("debug", "info", "warning", "error")),
+}
+_KEY_OF_FIELD = {fname: key for key, (fname, _) in _SCHEMA.items()}
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a config file into {field: checked value}; unknown keys are errors."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in _flatten(raw).items():
+        if key not in _SCHEMA:
+            raise ConfigError(f"{key}: unknown key in {path} (known: {', '.join(_SCHEMA)})")
+        fname, check = _SCHEMA[key]
+        values[fname] = check(key, value)
+    return values
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
+    """Build the Config from a TOML file (None: the default file if it exists) and overrides.
+
+    ``overrides`` maps Config field names to raw values (from flags); None values are ignored.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(read_toml(path))
+    elif DEFAULT_CONFIG.exists():
+        values.update(read_toml(DEFAULT_CONFIG))
+        path = DEFAULT_CONFIG
+    for fname, raw in overrides.items():
+        if raw is None:
+            continue
+        key = _KEY_OF_FIELD.get(fname)
+        if key is None:
+            raise ConfigError(f"{fname}: not a configuration setting")
+        values[fname] = _SCHEMA[key][1](key, raw)
+    values.setdefault("node_id", socket.gethostname().split(".")[0] or "node")
+    config = Config(**values, source=path)
+    if not config.advertise:
+        config = _with_advertise(config)
+    return config
+
+
+def _with_advertise(config: Config) -> Config:
+    """Peers need a reachable address: 0.0.0.0 is replaced by this host's name."""
+    host, _, port = config.listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = socket.gethostname()
+    return replace(config, advertise=f"{host}:{port}")

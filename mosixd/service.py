@@ -1,0 +1,46 @@
+"""Thin gRPC servicers: decode the request, call the node's core, encode the answer."""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+
+from mosixd import codec
+from mosixd.node import NodeDaemon
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+
+
+class GossipService(rpc.GossipServicer):
+    """Push-pull exchange of gossip windows between daemons."""
+
+    def __init__(self, node: NodeDaemon) -> None:
+        self._node = node
+
+    async def Exchange(self, request: pb.GossipMessage, context: grpc.aio.ServicerContext) -> pb.GossipMessage:
+        try:
+            entries = codec.entries_from_message(request)
+        except codec.MalformedMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mosix: malformed gossip: {exc}")
+        return self._node.exchange(entries)
+
+
+class AdminService(rpc.AdminServicer):
+    """What mosmon and mosctl ask a daemon."""
+
+    def __init__(self, node: NodeDaemon) -> None:
+        self._node = node
+
+    async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusReply:
+        return pb.ClusterStatusReply(
+            node_id=self._node.node_id, nodes=[codec.node_to_pb(v) for v in self._node.cluster_view()]
+        )
+
+    async def SetBlocked(self, request: pb.SetBlockedRequest, context: grpc.aio.ServicerContext) -> pb.NodeStatus:
+        return codec.node_to_pb(self._node.set_blocked(request.blocked))
+
+
+def add_services(server: grpc.aio.Server, node: NodeDaemon) -> None:
+    """Register every mosix service of ``node`` on ``server``."""
+    rpc.add_GossipServicer_to_server(GossipService(node), server)
+    rpc.add_AdminServicer_to_server(AdminService(node), server)

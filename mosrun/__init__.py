@@ -1,0 +1,1 @@
+"""mosrun: what a mosix user touches — the command-line tools and the task runtime."""

@@ -1,0 +1,141 @@
+"""Shared fixtures: the multi-process rig (``mosixd --local N`` on 127.0.1.x)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port(hosts: list[str], tries: int = 50) -> int:
+    """A port that is free on every one of ``hosts``."""
+    rng = random.Random()
+    for _ in range(tries):
+        port = rng.randrange(20000, 60000)
+        ok = True
+        for host in hosts:
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@dataclass
+class LocalRig:
+    """A running ``mosixd --local N`` with helpers to run the client tools against it."""
+
+    n: int
+    port: int
+    runtime: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    extra_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MOSIX_RUNTIME_DIR"] = str(self.runtime)
+        env.pop("MOSIX_NODE", None)
+        env.pop("MOSIX_KEY_FILE", None)
+        return env
+
+    def registry(self) -> dict[str, Any]:
+        return json.loads((self.runtime / "local.json").read_text())
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return next(n for n in self.registry()["nodes"] if n["id"] == node_id)
+
+    def tool(self, *args: str, timeout: float = 20.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a console script (mosmon, mosctl, mosixd, ...) of this install."""
+        return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=timeout, env=env or self.env)
+
+    def view(self, node_id: str) -> dict[str, str] | None:
+        """node id -> state as ``node_id`` sees it (None if it does not answer)."""
+        out = self.tool("mosmon", "--json", "--node", node_id, timeout=10)
+        if out.returncode != 0:
+            return None
+        return {n["id"]: n["state"] for n in json.loads(out.stdout)["nodes"]}
+
+    def converged(self, ids: list[str] | None = None, expect: dict[str, str] | None = None) -> bool:
+        ids = ids or [f"n{i}" for i in range(1, self.n + 1)]
+        expect = expect or {i: "up" for i in ids}
+        return all(self.view(i) is not None and all(self.view(i).get(k) == v for k, v in expect.items())  # type: ignore[union-attr]
+                   for i in ids)
+
+    def start_node(self, node_id: str) -> subprocess.Popen[bytes]:
+        """(Re)start one node by hand from its config file, as an administrator would."""
+        proc = subprocess.Popen([str(BIN / "mosixd"), "--config", self.node(node_id)["config"]],
+                                stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
+        self.extra_procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in [self.proc, *self.extra_procs]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [self.proc, *self.extra_procs]:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_rig(n: int, tmp: Path, *extra: str) -> LocalRig:
+    runtime = tmp / "runtime"
+    hosts = [f"127.0.1.{i}" for i in range(1, n + 1)]
+    port = free_port(hosts)
+    log = tmp / "cluster.log"
+    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(runtime))
+    proc = subprocess.Popen([str(BIN / "mosixd"), "--local", str(n), "--port", str(port), *extra],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    rig = LocalRig(n=n, port=port, runtime=runtime, proc=proc, log=log)
+    try:
+        wait_for(lambda: (runtime / "local.json").exists() or proc.poll() is not None, 20)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosixd --local exited: {log.read_text()}")
+    except BaseException:
+        rig.stop()
+        raise
+    return rig
+
+
+@pytest.fixture
+def rig3(tmp_path: Path) -> Iterator[LocalRig]:
+    """A fresh 3-node local cluster, converged."""
+    rig = start_rig(3, tmp_path)
+    try:
+        wait_for(rig.converged, 30)
+        yield rig
+    finally:
+        rig.stop()
