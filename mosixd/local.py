@@ -99,11 +99,24 @@ def _die_with_parent() -> None:
 def _check_free(plans: list[NodePlan]) -> str | None:
     for plan in plans:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # Like the gRPC server itself: TIME-WAIT leftovers of a previous run are no conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((plan.host, plan.port))
             except OSError as exc:
                 return f"cannot use {plan.address} for {plan.id}: {exc.strerror}"
     return None
+
+
+def _free_common_port(n: int, tries: int = 50) -> int:
+    """A port free on all of 127.0.1.1..n (for clusters whose port does not matter)."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.1.1", 0))
+            port = probe.getsockname()[1]
+        if _check_free(plan_cluster(n, port)) is None:
+            return port
+    return DEFAULT_PORT
 
 
 def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path,
@@ -123,7 +136,7 @@ def run_local(args: argparse.Namespace) -> int:
     from mosixd.auth import generate_key
     from mosixd.load import calibrate_speed, detect_cpus
 
-    n, port = args.local, args.port or 7410
+    n, port = args.local, DEFAULT_PORT if args.port is None else args.port
     if not 1 <= n <= MAX_LOCAL_NODES:
         print(f"mosixd: --local takes 1..{MAX_LOCAL_NODES} nodes, got {n}", file=sys.stderr)
         return 2
@@ -133,6 +146,8 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"mosixd: a local cluster is already running (pid {running['pid']}, {root}); stop it first",
               file=sys.stderr)
         return 1
+    if port == 0:
+        port = _free_common_port(n)
     plans = plan_cluster(n, port)
     if problem := _check_free(plans):
         print(f"mosixd: {problem}", file=sys.stderr)

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
-    p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410)")
+    p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
     return p
 
 

@@ -183,7 +183,7 @@ def ephemeral_cluster(n: int, timeout: float = 30.0) -> Iterator[None]:
         raise ClientError(f"--local takes a positive number of nodes, got {n}", 2)
     # The nodes' logs go to a file: an unread pipe would block them once full.
     errors = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "mosixd", "--local", str(n)],
+    proc = subprocess.Popen([sys.executable, "-m", "mosixd", "--local", str(n), "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=errors)
     try:
         deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,3 +134,60 @@ def test_second_local_cluster_is_refused_with_one_line(rig3: LocalRig) -> None:
     out = rig3.tool("mosixd", "--local", "2", "--port", str(rig3.port))
     assert out.returncode == 1
     assert "already running" in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_a_late_node_naming_one_seed_is_known_to_all(rig3: LocalRig, tmp_path: Path) -> None:
+    port = free_port(["127.0.1.9"])
+    late = subprocess.Popen(
+        [str(BIN / "mosixd"), "--id", "n9", "--listen", f"127.0.1.9:{port}", "--peers", rig3.node("n3")["address"],
+         "--key-file", rig3.registry()["key_file"], "--state-dir", str(tmp_path / "n9"),
+         "--socket", str(tmp_path / "n9.sock"), "--load-source", "tasks", "--speed", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rig3.extra_procs.append(late)
+    # n1 and n2 were never told about n9: they learn it through gossip, without restart.
+    wait_for(lambda: rig3.converged(["n1", "n2", "n3"], {"n9": "up", "n1": "up", "n2": "up", "n3": "up"}), 15)
+    snap = json.loads(rig3.tool("mosmon", "--json", "--node", f"unix:{tmp_path / 'n9.sock'}",
+                                "--key", rig3.registry()["key_file"]).stdout)
+    assert {n["id"] for n in snap["nodes"]} == {"n1", "n2", "n3", "n9"}
+
+
+def test_host_load_source_shows_real_cpu_demand(tmp_path: Path) -> None:
+    from mosixd.auth import generate_key
+
+    key = tmp_path / "k"
+    generate_key(key)
+    sock = tmp_path / "h.sock"
+    node = subprocess.Popen(
+        [str(BIN / "mosixd"), "--id", "h1", "--listen", f"127.0.1.10:{free_port(['127.0.1.10'])}",
+         "--key-file", str(key), "--state-dir", str(tmp_path / "h"), "--socket", str(sock),
+         "--load-source", "host", "--cpus", "1", "--speed", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 60\nwhile time.time() < end: pass"])
+            for _ in range(2)]
+    env = dict(os.environ, MOSIX_NODE=f"unix:{sock}", MOSIX_KEY_FILE=str(key))
+
+    def load() -> float:
+        out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=env, timeout=10)
+        return json.loads(out.stdout)["nodes"][0]["load"] if out.returncode == 0 else 0.0
+
+    try:
+        # Two CPU-bound processes on a node that claims one standard CPU: load well above 1
+        # once the slow rise has caught up (the host may be busier still, never idler).
+        wait_for(lambda: load() > 1.2, 20, 0.5)
+    finally:
+        for proc in busy:
+            proc.kill()
+        node.terminate()
+        node.wait(timeout=10)
+
+
+def test_readme_main_command_brings_up_and_tears_down_an_ephemeral_cluster(tmp_path: Path) -> None:
+    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(tmp_path / "rt"))
+    env.pop("MOSIX_NODE", None)
+    out = subprocess.run([str(BIN / "mosmon"), "--local", "3", "--once"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("n")]
+    assert sorted(r[0] for r in rows) == ["n1", "n2", "n3"]
+    assert all("up" in r for r in rows)
+    assert not (tmp_path / "rt" / "local.json").exists(), "the ephemeral cluster is gone afterwards"
