@@ -31,6 +31,7 @@ Run from the repository root (a full run takes several minutes on two cores):
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import random
@@ -76,6 +77,9 @@ class Cluster:
     """N real GossipViews, each with its own clock, exchanging in synchronous rounds."""
 
     def __init__(self, n: int, config: GossipConfig, seed: int) -> None:
+        # The simulation makes no reference cycles: the cyclic collector would only
+        # rescan millions of live entries, doubling the run time for nothing.
+        gc.disable()
         rng = random.Random(seed)
         self.config = config
         self.round_no = 0
@@ -91,7 +95,7 @@ class Cluster:
         self.windows: list[list[Entry]] = []
         self.pairs: list[tuple[int, int]] = []
         # A formed cluster: everyone has heard everyone once.
-        own = [v.outgoing(self.now(i)) [0] for i, v in enumerate(self.views)]
+        own = [v.outgoing(self.now(i))[0] for i, v in enumerate(self.views)]
         for i, v in enumerate(self.views):
             v.receive(own, self.now(i))
 
@@ -175,8 +179,10 @@ def dissemination(n: int, seed: int, sources: int = 32, max_rounds: int = 60) ->
 @dataclass
 class Steady:
     warmup: int = 0
-    age_held: float = 0.0  # rounds
+    short: bool = False  # warm-up shorter than the down limit (cost): no downs possible
+    age_held: float = 0.0  # rounds, median
     age_window: float = 0.0
+    age_max: float = 0.0
     down_limit: float = 0.0  # rounds
     false_down: float = 0.0
     window_has_light: float = 0.0
@@ -188,30 +194,45 @@ class Steady:
     seconds: float = 0.0
 
 
-def steady_state(n: int, seed: int, measure_rounds: int = 5, holders: int = 64) -> Steady:
+def warmup_rounds(n: int, config: GossipConfig, budget: int) -> tuple[int, bool]:
+    """Rounds to warm up for (b), and whether that is shorter than the down limit.
+
+    Past the down limit (plus a quarter) the age distribution, the suspect probes and any
+    false downs are in their steady state. When that costs more than ``budget``
+    node-rounds, settle for three times the time a given entry takes to reach a given
+    node (about n / (2 (window - 1)) rounds, each node taking in about two windows).
+    """
+    limit = config.down_after * max(1.0, n / config.window) / config.interval
+    full = math.ceil(1.25 * limit) + 20
+    if n * full <= budget:
+        return full, False
+    return 20 + 3 * math.ceil(n / (2 * (config.window - 1))), True
+
+
+def steady_state(n: int, seed: int, budget: int = 1_500_000, measure_rounds: int = 5,
+                 holders: int = 64) -> Steady:
     """(b) and (c) with the default window and timing."""
     started = time.perf_counter()
     config = GossipConfig()
     cluster = Cluster(n, config, seed)
     rng = random.Random(seed)
     w = config.window - 1
-    # Each round a node takes in about two windows, so a given entry reaches a given
-    # node about every n / (2w) rounds; warm up for a few such periods.
-    warmup = 20 + 3 * math.ceil(n / (2 * w))
+    warmup, short = warmup_rounds(n, config, budget)
     for _ in range(warmup):
         cluster.step()
     light = set(sorted(range(n), key=lambda i: cluster.loads[i].load)[:math.ceil(0.05 * n)])
     light_ids = {cluster.views[i].node_id for i in light}
-    out = Steady(warmup=warmup, down_limit=cluster.views[0].down_limit() / config.interval)
-    held, in_window, down, seen = [], [], 0, 0
-    has_light = has_light_up = checked = exchanges = 0
+    out = Steady(warmup=warmup, short=short,
+                 down_limit=cluster.views[0].down_limit() / config.interval)
+    held: list[float] = []
+    in_window: list[float] = []
+    down = seen = has_light = has_light_up = checked = exchanges = 0
     byte_figures = []
     for _ in range(measure_rounds):
         cluster.step()
         exchanges += len(cluster.pairs)
         for j in rng.sample(range(n), min(n, holders)):
-            now = cluster.now(j)
-            views = cluster.views[j].view(now)[1:]
+            views = cluster.views[j].view(cluster.now(j))[1:]
             held += [v.age / config.interval for v in views]
             window = cluster.windows[j][1:]  # sent this round, ages as of its start
             in_window += [e.age / config.interval for e in window]
@@ -223,13 +244,16 @@ def steady_state(n: int, seed: int, measure_rounds: int = 5, holders: int = 64) 
         byte_figures.append(cluster.bytes_per_node(256, rng))
     out.age_held = statistics.median(held)
     out.age_window = statistics.median(in_window)
+    out.age_max = max(held)
     out.false_down = down / seen
     out.window_has_light = has_light / checked
     out.view_has_light_up = has_light_up / checked
     # A window of w entries drawn at random from the n - 1 others.
     k, m = min(w, n - 1), len(light)
+
     def p_random(m_others: int) -> float:
         return 1 - math.comb(n - 1 - m_others, k) / math.comb(n - 1, k)
+
     out.random_window_has_light = (m * p_random(m - 1) + (n - m) * p_random(m)) / n
     out.exchanges = exchanges / n / measure_rounds
     out.bytes = statistics.fmean(b for b, _ in byte_figures)
@@ -252,8 +276,11 @@ def run_jobs(jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]], workers: in
 
 
 def cost(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> float:
+    """Rough seconds a job takes, to start the biggest first."""
     fn, (n, *_) = job
-    return n * n * 12 if fn is dissemination else n * (20 + 3 * n / 38) * 30
+    if fn is dissemination:
+        return 1e-6 * n * n * math.log2(n)
+    return 1.3e-4 * n * warmup_rounds(n, GossipConfig(), 1_500_000)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -304,34 +331,45 @@ def main(argv: Sequence[str] | None = None) -> None:
           "window >= N) at the end of a trial")
     print()
     print("(b) steady state, default config (window 20, interval 1 s, down 5 s x max(1, "
-          "N/window)), random loads")
-    print(f"{'N':>6} {'warmup':>6} {'age held':>9} {'age window':>10} {'down limit':>10} "
-          f"{'held/limit':>10} {'false down':>10} {'win∋light5%':>11} {'random win':>10} "
-          f"{'ratio':>6} {'view∋light up':>13} {'exch/node/rd':>12} {'sec':>6}")
+          "N/window), suspect 2.5 s x the same), random loads")
+    print(f"{'N':>6} {'warmup':>6} {'age held':>8} {'window':>6} {'oldest':>6} "
+          f"{'down limit':>10} {'false down':>10} {'exch/node/rd':>12} {'win∋light5%':>11} "
+          f"{'random win':>10} {'ratio':>6} {'view∋light up':>13} {'sec':>5}")
     for n in sizes:
         s = steadies[n]
-        print(f"{n:>6} {s.warmup:>6} {s.age_held:>9.1f} {s.age_window:>10.1f} "
-              f"{s.down_limit:>10.1f} {s.age_held / s.down_limit:>10.2f} {s.false_down:>10.2%} "
-              f"{s.window_has_light:>11.1%} {s.random_window_has_light:>10.1%} "
+        print(f"{n:>6} {s.warmup:>5}{'*' if s.short else ' '} {s.age_held:>8.1f} "
+              f"{s.age_window:>6.1f} {s.age_max:>6.0f} {s.down_limit:>10.1f} "
+              f"{s.false_down:>10.2%} {s.exchanges:>12.2f} {s.window_has_light:>11.1%} "
+              f"{s.random_window_has_light:>10.1%} "
               f"{s.window_has_light / s.random_window_has_light:>6.2f} "
-              f"{s.view_has_light_up:>13.1%} {s.exchanges:>12.2f} {s.seconds:>6.0f}")
-    print("    ages in rounds (medians); 'win∋light5%': nodes whose window holds one of the "
-          "5% least-loaded nodes;")
-    print("    'random win': the same for a window of random entries")
+              f"{s.view_has_light_up:>13.1%} {s.seconds:>5.0f}")
+    print("    ages in rounds: medians of the entries a node holds and of those in its window; "
+          "oldest held entry seen")
+    print("    exch/node/rd: exchanges started per node per round (above 1: suspect probes)")
+    print("    win∋light5%: nodes whose window holds one of the 5% least-loaded nodes; "
+          "random win: the same for")
+    print("    a window of random entries; view∋light up: nodes that see one of them UP")
+    if any(steadies[n].short for n in sizes):
+        print("    * warm-up shorter than 1.25 x the down limit (pure Python cost): no entry can "
+              "be old enough yet to be")
+        print("      probed or seen down, so 'false down' and probes are not measured there")
     print()
-    print("(c) bytes sent per node per round (request + reply of every exchange), "
-          "GossipMessage.ByteSize()")
-    print(f"{'N':>6} {'window 20':>10} {'per entry':>9} {'full window':>12} {'per entry':>9} "
-          f"{'full / w20':>10}")
+    print("(c) bytes per node per round, both directions of push-pull, from "
+          "GossipMessage.ByteSize() of the real windows")
+    print(f"{'N':>6} | {'window 20:':>10} {'exch/node':>9} {'B/exch':>7} {'B/node/rd':>9} "
+          f"{'B/entry':>7} | {'full window:':>12} {'exch/node':>9} {'B/exch':>8} "
+          f"{'B/node/rd':>10} {'B/entry':>7}")
     for n in sizes:
-        s, full = steadies[n], statistics.fmean(x.bytes for x in spreads[n])
-        per20 = s.bytes / (2 * s.exchanges * min(20, n))
-        perfull = full / (2 * statistics.fmean(x.exchanges for x in spreads[n]) * n)
-        print(f"{n:>6} {s.bytes:>10.0f} {per20:>9.1f} {full:>12.0f} {perfull:>9.1f} "
-              f"{full / s.bytes:>10.1f}")
-    print("    full-window sizes come from a sample of 16 serialized windows; window-20 sizes "
-          "from up to 256 per round")
-    print("    push-only (MOSIX) would send half: one window per exchange")
+        s = steadies[n]
+        f_exch = statistics.fmean(x.exchanges for x in spreads[n])
+        f_bytes = statistics.fmean(x.bytes for x in spreads[n])
+        b20, bfull = s.bytes / s.exchanges, f_bytes / f_exch
+        print(f"{n:>6} | {'':>10} {s.exchanges:>9.2f} {b20:>7.0f} {s.bytes:>9.0f} "
+              f"{b20 / (2 * min(20, n)):>7.1f} | {'':>12} {f_exch:>9.2f} {bfull:>8.0f} "
+              f"{f_bytes:>10.0f} {bfull / (2 * n):>7.1f}")
+    print("    B/exch: request + reply; window-20 sizes from up to 256 serialized windows per "
+          "round, full windows from 16")
+    print("    MOSIX's push-only gossip sends one window per exchange: half of B/exch")
     print()
     print(f"total {time.perf_counter() - started:.0f} s on {args.jobs} worker(s)")
 

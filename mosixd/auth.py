@@ -172,24 +172,29 @@ def _with_auth(key: bytes, details: Any, sender: str) -> Any:
     return details._replace(metadata=metadata)
 
 
-class _AioAuth(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AioAuthBase:
     def __init__(self, key: bytes, sender: str) -> None:
         self._key, self._sender = key, sender
 
+
+# grpc.aio files each interceptor under the first call kind it implements (an elif chain),
+# so every kind needs an interceptor object of its own.
+class _AioUnaryUnaryAuth(_AioAuthBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_auth(self._key, details, self._sender), request)
 
+
+class _AioUnaryStreamAuth(_AioAuthBase, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(_with_auth(self._key, details, self._sender), request)
 
+
+class _AioStreamUnaryAuth(_AioAuthBase, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_with_auth(self._key, details, self._sender), request_iterator)
 
+
+class _AioStreamStreamAuth(_AioAuthBase, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_with_auth(self._key, details, self._sender), request_iterator)
 
@@ -227,7 +232,9 @@ CHANNEL_OPTIONS = [
 
 def open_aio_channel(target: str, key: bytes, sender: str = "") -> grpc.aio.Channel:
     """An asyncio channel whose every call is authenticated with the cluster key."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(key, sender)])
+    interceptors = [kind(key, sender) for kind in (_AioUnaryUnaryAuth, _AioUnaryStreamAuth,
+                                                      _AioStreamUnaryAuth, _AioStreamStreamAuth)]
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 def open_channel(target: str, key: bytes, sender: str = "") -> grpc.Channel:

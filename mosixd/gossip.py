@@ -16,7 +16,7 @@ time in seconds) to every call, sends what ``outgoing`` returns to the addresses
 from __future__ import annotations
 
 import enum
-import heapq
+import operator
 import random
 import re
 from dataclasses import dataclass
@@ -25,9 +25,9 @@ from typing import Iterable
 from mosixd.loadvector import LoadVector
 
 # The suspect scan looks at this many entries per round, so a round costs the same however
-# large the cluster; every entry is still looked at once every n/64 rounds, well inside the
-# (scaled) suspect limit.
-_SWEEP = 64
+# large the cluster; every entry is still looked at once every n/16 rounds, well inside
+# the suspect limit, which grows as n/window (see _scale).
+_SWEEP = 16
 # Tries at picking a random live peer before scanning the whole table: in a healthy
 # cluster almost every entry is live, so the scan is only paid when most are down.
 _PICK_TRIES = 8
@@ -111,6 +111,9 @@ class _Record:
         self.born = born
         self.failed_at = float("-inf")  # last failed direct contact
         self.probed_at = float("-inf")  # last time it was probed as a suspect
+
+
+_born = operator.attrgetter("born")
 
 
 def _natural(node_id: str) -> tuple[str | int, ...]:
@@ -218,11 +221,11 @@ class GossipView:
             touched.clear()
             self._rescan = True  # nothing was selected, so nothing to build on next time
             return sorted(nodes.values(), key=_born, reverse=True)
-        pool: Iterable[_Record] = nodes.values()
-        if not self._rescan:
-            pool = set(self._top)
-            pool.update(touched.values())
-        self._top = heapq.nlargest(k, pool, key=_born)
+        if self._rescan:
+            pool: Iterable[_Record] = nodes.values()
+        else:
+            pool = {*self._top, *touched.values()}
+        self._top = sorted(pool, key=_born, reverse=True)[:k]
         touched.clear()
         self._rescan = False
         return self._top
@@ -297,26 +300,32 @@ class GossipView:
         """Merge a peer's window: keep, per node, the newest generation's freshest entry."""
         nodes, touched = self._nodes, self._touched
         for e in entries:
-            born = now - e.age if e.age > 0.0 else now  # an age < 0 is a sender's bug
+            age = e.age
+            born = now - age if age > 0.0 else now  # an age < 0 is a sender's bug
             rec = nodes.get(e.node_id)
             if rec is None:
-                if e.node_id == self.node_id:
-                    continue  # only this node speaks for itself, whatever the generation
-                rec = nodes[e.node_id] = _Record(e, born)
-                self._ids.append(e.node_id)
-                self._by_address[e.address] = e.node_id
-                touched[e.node_id] = rec
+                if e.node_id != self.node_id:  # only this node speaks for itself
+                    self._learn(e, born)
                 continue
             old = rec.entry
-            if e.generation < old.generation or (
-                    e.generation == old.generation and born <= rec.born):
-                continue
-            if born < rec.born:
-                self._rescan = True  # a restart with an older birth breaks the window
+            if e.generation == old.generation:
+                if born <= rec.born:
+                    continue  # the common case: nothing new
+            elif e.generation < old.generation:
+                continue  # news from a previous life
+            elif born < rec.born:
+                self._rescan = True  # a restart with an older birth: the window must be redone
             if e.address != old.address:
                 self._by_address[e.address] = e.node_id
-            rec.entry, rec.born = e, born
+            rec.entry = e
+            rec.born = born
             touched[e.node_id] = rec
+
+    def _learn(self, e: Entry, born: float) -> None:
+        rec = self._nodes[e.node_id] = _Record(e, born)
+        self._ids.append(e.node_id)
+        self._by_address[e.address] = e.node_id
+        self._touched[e.node_id] = rec
 
     def add_seed(self, address: str) -> None:
         """A peer known by address only, tried until it answers or is identified."""
@@ -373,6 +382,3 @@ class GossipView:
         ]
         return [me, *others]
 
-
-def _born(rec: _Record) -> float:
-    return rec.born

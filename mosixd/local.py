@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mosixd.config import DEFAULT_PORT
+from mosrun.registry import REGISTRY, read_registry, runtime_dir
 
-REGISTRY = "local.json"
 MAX_LOCAL_NODES = 254
 
 
@@ -56,35 +56,6 @@ def plan_cluster(n: int, port: int = DEFAULT_PORT) -> list[NodePlan]:
                  peers=tuple(f"{h}:{port}" for h in hosts if h != hosts[i - 1]))
         for i in range(1, n + 1)
     ]
-
-
-def runtime_dir() -> Path:
-    """Where this user's local cluster lives: $MOSIX_RUNTIME_DIR, else a per-user directory."""
-    if env := os.environ.get("MOSIX_RUNTIME_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "mosix" if base else Path(f"/tmp/mosix-{os.getuid()}")
-
-
-def read_registry(directory: Path | None = None) -> dict[str, Any] | None:
-    """The running local cluster of this user, or None (stale registries are ignored)."""
-    path = (directory or runtime_dir()) / REGISTRY
-    try:
-        registry = json.loads(path.read_text())
-        pid = int(registry["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return registry if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _die_with_parent() -> None:
@@ -174,7 +145,8 @@ def run_local(args: argparse.Namespace) -> int:
         if args.no_uvloop:
             cmd.append("--no-uvloop")
         procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
-        nodes.append({"id": plan.id, "address": plan.address, "socket": str(sock), "pid": procs[-1].pid,
+        nodes.append({"id": plan.id, "address": plan.address, "socket": str(sock),
+                      "session": str(sock.with_name("mosrun.sock")), "pid": procs[-1].pid,
                       "state_dir": str(node_dir), "config": str(config)})
     registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes}
     registry_path = root / REGISTRY

@@ -61,14 +61,14 @@ def setup_logging(level: str, name: str) -> None:
 
 async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
     """Run one node until SIGTERM/SIGINT; returns the exit code."""
-    from mosixd.node import NodeDaemon, StartupError, build_sampler, next_generation
+    from mosixd.node import NodeDaemon, StartupError, next_generation
 
     config = load_config(config_path, overrides)
     setup_logging(config.log_level, config.node_id)
     key = load_key(config.key_file)
     try:
         generation = next_generation(config.state_dir)
-        node = NodeDaemon(config, key, sampler=build_sampler(config, lambda: ()), generation=generation)
+        node = NodeDaemon(config, key, generation=generation)
         await node.start()
     except StartupError as exc:
         print(f"mosixd: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import os
+import platform
 import random
 import socket
 import time
@@ -24,8 +25,13 @@ from mosixd import codec
 from mosixd.auth import ServerAuthInterceptor, open_aio_channel
 from mosixd.config import Config
 from mosixd.gossip import Entry, GossipConfig, GossipView, NodeView
+from mosixd.home import HomeSessions
 from mosixd.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
+from mosixd.gossip import NodeState
 from mosixd.loadvector import LoadVector
+from mosixd.policy import Placement
+from mosixd.spawner import Spawner
+from mosixd.tasks import TaskTable
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 
@@ -57,31 +63,38 @@ def next_generation(state_dir: Path) -> int:
     return previous + 1
 
 
-def build_sampler(config: Config, task_pids: Callable[[], Iterable[int]]) -> LoadSampler:
+def build_sampler(config: Config, task_pids: Callable[[], Iterable[int]],
+                  task_counts: Callable[[], tuple[int, int]]) -> LoadSampler:
     """A load sampler for this node's load source, CPUs and speed (calibrated if not set)."""
     source = HostLoadSource() if config.load_source == "host" else TaskLoadSource(task_pids)
     speed = config.speed or calibrate_speed()
-    return LoadSampler(source, cpus=config.cpus or detect_cpus(), speed=speed)
+    return LoadSampler(source, cpus=config.cpus or detect_cpus(), speed=speed, task_counts=task_counts)
 
 
 class NodeDaemon:
     """One mosix node: gossip, load sampling, and the gRPC servers for peers and clients."""
 
-    def __init__(self, config: Config, key: bytes, *, sampler: LoadSampler,
-                 generation: int, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, config: Config, key: bytes, *, generation: int, sampler: LoadSampler | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
         self.config = config
         self.node_id = config.node_id
+        self.generation = generation
+        self.python = platform.python_version()
         self._key = key
-        self._sampler = sampler
         self._clock = clock
         self._rng = rng or random.Random()
+        self.spawner = Spawner()
+        self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
+                               blocked=lambda: self._own().state is NodeState.BLOCKED)
+        self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
+        self.placement = Placement()
+        self.home = HomeSessions(self)
         now = clock()
         self.view = GossipView(
             config.node_id, config.advertise,
             GossipConfig(interval=config.gossip_interval, window=config.window, down_after=config.down_after,
                          suspect_after=min(2.5 * config.gossip_interval, 0.6 * config.down_after)),
-            now, generation=generation, load=sampler.sample(now), rng=self._rng,
+            now, generation=generation, load=self._sampler.sample(now), rng=self._rng,
         )
         for peer in config.peers:
             if peer != config.advertise:
@@ -105,6 +118,39 @@ class NodeDaemon:
     def cluster_view(self) -> list[NodeView]:
         return self.view.view(self._clock())
 
+    def task_list(self) -> list[pb.TaskInfo]:
+        """mosps: the tasks this node owns (wherever they run) and the tasks it runs."""
+        infos: dict[str, pb.TaskInfo] = {}
+        for t in self.tasks.tasks.values():
+            infos[t.spec.task_id] = pb.TaskInfo(
+                id=t.spec.task_id, user=t.spec.user, home=t.spec.home, where=self.node_id, state="running",
+                started=t.started, cpu=t.cpu, rss=t.rss, command=" ".join(t.spec.argv), pid=t.pid)
+        for r in self.home.records.values():
+            hosted = infos.get(r.id)
+            infos[r.id] = pb.TaskInfo(
+                id=r.id, user=r.user, home=self.node_id, where=r.where, state=r.state, started=r.started,
+                cpu=hosted.cpu if hosted else r.cpu, rss=hosted.rss if hosted else r.rss,
+                command=r.command, pid=r.pid)
+        return sorted(infos.values(), key=lambda i: i.started)
+
+    def _own(self) -> NodeView:
+        return self.view.view(self._clock())[0]
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def session_socket(self) -> Path:
+        """Where mosrun connects: beside the daemon's gRPC socket."""
+        return self.config.socket.with_name("mosrun.sock")
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The (cached) authenticated channel to a peer daemon."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = open_aio_channel(address, self._key, self.node_id)
+        return channel
+
     def set_blocked(self, blocked: bool) -> NodeView:
         now = self._clock()
         self.view.set_blocked(blocked, now)
@@ -117,6 +163,7 @@ class NodeDaemon:
         """Bind the TCP and Unix-socket listeners and start the loops."""
         from mosixd.service import add_services  # the servicers import this module
 
+        self.spawner.start()
         server = grpc.aio.server(interceptors=[ServerAuthInterceptor(self._key)], options=SERVER_OPTIONS)
         add_services(server, self)
         health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -125,6 +172,7 @@ class NodeDaemon:
         self._bind_unix(server)
         await server.start()
         self._server = server
+        await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
         self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self._gossip_loop())]
         log.info("node %s up on %s (socket %s), generation %d, %d peer(s) to contact",
@@ -166,6 +214,7 @@ class NodeDaemon:
             return
         for task in self._tasks:
             task.cancel()
+        await self.home.stop()
         now = self._clock()
         leaving = codec.gossip_message(self.node_id, self.config.advertise, self.view.leave(now))
         targets = self.view.leave_targets(now)
@@ -175,10 +224,9 @@ class NodeDaemon:
             await self._server.stop(grace)
         for channel in self._channels.values():
             await channel.close()
-        try:
-            self.config.socket.unlink()
-        except FileNotFoundError:
-            pass
+        for path in (self.config.socket, self.session_socket):
+            path.unlink(missing_ok=True)
+        self.spawner.stop()
         log.info("node %s stopped; told %d peer(s)", self.node_id, len(targets))
         self._stopped.set()
 
@@ -194,6 +242,7 @@ class NodeDaemon:
                 log.exception("load sampling failed")
                 continue
             self.view.set_load(vector, self._clock())
+            self.placement.observe(self.cluster_view(), self._clock())
 
     async def _gossip_loop(self) -> None:
         interval = self.config.gossip_interval
@@ -223,10 +272,7 @@ class NodeDaemon:
             log.info("peer %s reachable again", address)
 
     async def _send(self, address: str, message: pb.GossipMessage, timeout: float) -> pb.GossipMessage:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = open_aio_channel(address, self._key, self.node_id)
-        return await rpc.GossipStub(channel).Exchange(message, timeout=timeout)
+        return await rpc.GossipStub(self.channel(address)).Exchange(message, timeout=timeout)
 
     def _report_unreachable(self, address: str, exc: Exception) -> None:
         if address in self._unreachable:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 import grpc
 import grpc.aio
 
@@ -39,8 +41,25 @@ class AdminService(rpc.AdminServicer):
     async def SetBlocked(self, request: pb.SetBlockedRequest, context: grpc.aio.ServicerContext) -> pb.NodeStatus:
         return codec.node_to_pb(self._node.set_blocked(request.blocked))
 
+    async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.TaskList:
+        return pb.TaskList(node_id=self._node.node_id, tasks=self._node.task_list())
+
+
+class HostService(rpc.HostServicer):
+    """Runs tasks for their home nodes."""
+
+    def __init__(self, node: NodeDaemon) -> None:
+        self._node = node
+
+    async def Execute(self, request_iterator: AsyncIterator[pb.HomeMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HostEvent]:
+        # grpc.aio recognises streaming handlers by being async generator functions.
+        async for event in self._node.tasks.execute(request_iterator):
+            yield event
+
 
 def add_services(server: grpc.aio.Server, node: NodeDaemon) -> None:
     """Register every mosix service of ``node`` on ``server``."""
     rpc.add_GossipServicer_to_server(GossipService(node), server)
     rpc.add_AdminServicer_to_server(AdminService(node), server)
+    rpc.add_HostServicer_to_server(HostService(node), server)

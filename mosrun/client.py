@@ -70,16 +70,15 @@ def _system_key() -> Path:
 
 def resolve(node: str | None, key: Path | None) -> Target:
     """Find the daemon and its key, following the order in the module docstring."""
-    from mosixd.local import read_registry
+    from mosrun.registry import find_local_node, read_registry
 
     registry = read_registry()
     local_key = Path(registry["key_file"]) if registry else None
     node = node or os.environ.get("MOSIX_NODE") or None
     key = key or (Path(os.environ["MOSIX_KEY_FILE"]) if os.environ.get("MOSIX_KEY_FILE") else None)
     if node:
-        for entry in (registry or {}).get("nodes", []):
-            if node in (entry["id"], entry["address"]):
-                return Target(f"unix:{entry['socket']}", key or local_key or SYSTEM_KEY, entry["id"])
+        if entry := find_local_node(node, registry):
+            return Target(f"unix:{entry['socket']}", key or local_key or SYSTEM_KEY, entry["id"])
         if node.startswith("unix:"):
             return Target(node, key or _system_key(), node)
         if "/" in node:
@@ -139,6 +138,16 @@ class Connection:
         reply = self._call(self._admin.ClusterStatus, pb.ClusterStatusRequest())
         return {"node": reply.node_id, "nodes": [node_status_to_dict(n) for n in reply.nodes]}
 
+    def list_tasks(self) -> dict[str, Any]:
+        """mosps: {"node": id, "tasks": [task dicts]} of the answering node."""
+        from mosixd.wire import mosix_pb2 as pb
+
+        reply = self._call(self._admin.ListTasks, pb.ListTasksRequest())
+        return {"node": reply.node_id, "tasks": [
+            {"id": t.id, "user": t.user, "home": t.home, "where": t.where, "state": t.state,
+             "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
+             "pid": t.pid} for t in reply.tasks]}
+
     def set_blocked(self, blocked: bool) -> dict[str, Any]:
         """Block or unblock the answering node; returns its node dict."""
         from mosixd.codec import node_status_to_dict
@@ -165,7 +174,7 @@ def open(args: argparse.Namespace) -> Iterator[Connection]:  # noqa: A001 - read
     node = args.node
     with contextlib.ExitStack() as stack:
         if local and not node and not os.environ.get("MOSIX_NODE"):
-            from mosixd.local import read_registry
+            from mosrun.registry import read_registry
 
             if read_registry() is None:
                 stack.enter_context(ephemeral_cluster(local))
@@ -177,7 +186,7 @@ def open(args: argparse.Namespace) -> Iterator[Connection]:  # noqa: A001 - read
 @contextlib.contextmanager
 def ephemeral_cluster(n: int, timeout: float = 30.0) -> Iterator[None]:
     """Run ``mosixd --local n`` for the duration of the block, once all n nodes are up."""
-    from mosixd.local import read_registry
+    from mosrun.registry import read_registry
 
     if n < 1:
         raise ClientError(f"--local takes a positive number of nodes, got {n}", 2)

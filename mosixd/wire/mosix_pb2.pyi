@@ -89,3 +89,154 @@ class SetBlockedRequest(_message.Message):
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     blocked: bool
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_ARGS_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    UMASK_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    STDIN_TTY_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_TTY_FIELD_NUMBER: _ClassVar[int]
+    STDERR_TTY_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    home: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    executable: str
+    python: bool
+    python_options: _containers.RepeatedScalarFieldContainer[str]
+    python_args: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    cwd: str
+    umask: int
+    user: str
+    uid: int
+    gid: int
+    memory_mb: int
+    stdin_tty: bool
+    stdout_tty: bool
+    stderr_tty: bool
+    job_name: str
+    started: float
+    python_version: str
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ...) -> None: ...
+
+class HomeMessage(_message.Message):
+    __slots__ = ("start", "stdin", "stdin_eof", "signal", "proxy")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FIELD_NUMBER: _ClassVar[int]
+    start: TaskSpec
+    stdin: bytes
+    stdin_eof: bool
+    signal: int
+    proxy: bytes
+    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., proxy: _Optional[bytes] = ...) -> None: ...
+
+class TaskStarted(_message.Message):
+    __slots__ = ("node_id", "pid")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    pid: int
+    def __init__(self, node_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class TaskExit(_message.Message):
+    __slots__ = ("code", "signal")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    signal: int
+    def __init__(self, code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("reason", "retry")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    retry: bool
+    def __init__(self, reason: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("cpu", "rss")
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    RSS_FIELD_NUMBER: _ClassVar[int]
+    cpu: float
+    rss: int
+    def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
+
+class HostEvent(_message.Message):
+    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    PROXY_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    started: TaskStarted
+    stdout: bytes
+    stderr: bytes
+    proxy: bytes
+    exited: TaskExit
+    refused: Refusal
+    usage: TaskUsage
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    HOME_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    RSS_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    user: str
+    home: str
+    where: str
+    state: str
+    started: float
+    cpu: float
+    rss: int
+    command: str
+    pid: int
+    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ..., home: _Optional[str] = ..., where: _Optional[str] = ..., state: _Optional[str] = ..., started: _Optional[float] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., command: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TaskList(_message.Message):
+    __slots__ = ("node_id", "tasks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, node_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...

@@ -98,6 +98,79 @@ class Gossip:
             _registered_method=True)
 
 
+class HostStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Execute = channel.stream_stream(
+                '/mosix.v1.Host/Execute',
+                request_serializer=mosixd_dot_wire_dot_mosix__pb2.HomeMessage.SerializeToString,
+                response_deserializer=mosixd_dot_wire_dot_mosix__pb2.HostEvent.FromString,
+                _registered_method=True)
+
+
+class HostServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Execute(self, request_iterator, context):
+        """Run one task for its home node; the stream lives as long as the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HostServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Execute': grpc.stream_stream_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=mosixd_dot_wire_dot_mosix__pb2.HomeMessage.FromString,
+                    response_serializer=mosixd_dot_wire_dot_mosix__pb2.HostEvent.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mosix.v1.Host', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mosix.v1.Host', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Host:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Execute(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mosix.v1.Host/Execute',
+            mosixd_dot_wire_dot_mosix__pb2.HomeMessage.SerializeToString,
+            mosixd_dot_wire_dot_mosix__pb2.HostEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AdminStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -116,6 +189,11 @@ class AdminStub:
                 '/mosix.v1.Admin/SetBlocked',
                 request_serializer=mosixd_dot_wire_dot_mosix__pb2.SetBlockedRequest.SerializeToString,
                 response_deserializer=mosixd_dot_wire_dot_mosix__pb2.NodeStatus.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/mosix.v1.Admin/ListTasks',
+                request_serializer=mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=mosixd_dot_wire_dot_mosix__pb2.TaskList.FromString,
                 _registered_method=True)
 
 
@@ -136,6 +214,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """mosps: tasks this node owns (home) or runs (host).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +233,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetBlocked,
                     request_deserializer=mosixd_dot_wire_dot_mosix__pb2.SetBlockedRequest.FromString,
                     response_serializer=mosixd_dot_wire_dot_mosix__pb2.NodeStatus.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.FromString,
+                    response_serializer=mosixd_dot_wire_dot_mosix__pb2.TaskList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -204,6 +294,33 @@ class Admin:
             '/mosix.v1.Admin/SetBlocked',
             mosixd_dot_wire_dot_mosix__pb2.SetBlockedRequest.SerializeToString,
             mosixd_dot_wire_dot_mosix__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosix.v1.Admin/ListTasks',
+            mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.SerializeToString,
+            mosixd_dot_wire_dot_mosix__pb2.TaskList.FromString,
             options,
             channel_credentials,
             insecure,

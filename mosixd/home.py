@@ -1,0 +1,273 @@
+"""The home node's side of a task: the session with the user's mosrun, placement, and the
+relay to wherever the task runs.
+
+mosrun connects to the session socket (beside the daemon's gRPC socket) and speaks frames
+(``mosrun.frames``). The kernel tells us who is connecting (SO_PEERCRED), so the task's owner
+is known without any key. Frames:
+
+  mosrun -> daemon  launch {argv, executable, python, python_options, python_args, env, cwd,
+                            umask, ttys, where: best|home|node, node, memory_mb, queue, job_name}
+                    stdin (payload), stdin_eof, signal {sig}, proxy (payload: a runtime frame)
+  daemon -> mosrun  started {task, node}, queued {reason}, stdout, stderr (payload),
+                    proxy (payload), exit {code, signal}, error {message, code}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pwd
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from mosixd.gossip import NodeState
+from mosixd.policy import JobRequest, NoRoom
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+from mosrun import frames
+
+if TYPE_CHECKING:
+    from mosixd.node import NodeDaemon
+
+log = logging.getLogger("mosixd.home")
+
+EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
+EXIT_LOST = 255     # the node running the task died or became unreachable
+QUEUE_RETRY = 1.0
+
+
+class LaunchError(Exception):
+    """The task cannot be started; the message is for the user."""
+
+
+@dataclass
+class TaskRecord:
+    """What the home node knows of one of its tasks (mosps)."""
+
+    id: str
+    user: str
+    command: str
+    started: float
+    state: str = "starting"
+    where: str = ""
+    pid: int = 0
+    cpu: float = 0.0
+    rss: int = 0
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock: socket.socket = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
+    """Validate a launch frame; raises LaunchError naming what is wrong."""
+    try:
+        argv = [str(a) for a in header["argv"]]
+        env = {str(k): str(v) for k, v in dict(header.get("env", {})).items()}
+        ttys = [bool(t) for t in header.get("ttys", [False] * 3)][:3] + [False] * 3
+        spec = pb.TaskSpec(
+            argv=argv, executable=str(header["executable"]), python=bool(header.get("python")),
+            python_options=[str(a) for a in header.get("python_options", [])],
+            python_args=[str(a) for a in header.get("python_args", [])], env=env,
+            cwd=str(header["cwd"]), umask=int(header.get("umask", 0o022)) & 0o777,
+            memory_mb=max(0, int(header.get("memory_mb", 0))), job_name=str(header.get("job_name", "")),
+            stdin_tty=ttys[0], stdout_tty=ttys[1], stderr_tty=ttys[2], uid=uid, started=time.time(),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LaunchError(f"malformed launch request ({exc!r})") from None
+    if not argv or not os.path.isabs(spec.executable) or not os.path.isabs(spec.cwd):
+        raise LaunchError("malformed launch request (empty command or relative paths)")
+    try:
+        user = pwd.getpwuid(uid)
+        spec.user, spec.gid = user.pw_name, user.pw_gid
+    except KeyError:
+        spec.user, spec.gid = str(uid), uid
+    return spec
+
+
+class HomeSessions:
+    """The sessions of the tasks whose home is this node."""
+
+    def __init__(self, node: "NodeDaemon") -> None:
+        self._node = node
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.records: dict[str, TaskRecord] = {}
+
+    async def start(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._accept, path=str(path))
+        os.chmod(path, 0o666)  # any local user may submit; the kernel tells us who they are
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.cancel()
+        if self._sessions:
+            await asyncio.wait(self._sessions, timeout=3)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._session(reader, writer)
+        except (ConnectionError, frames.ProtocolError) as exc:
+            log.info("session ended: %s", exc)
+        finally:
+            self._sessions.discard(task)
+            writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(header: dict[str, Any], payload: bytes = b"") -> None:
+            writer.write(frames.encode(header, payload))
+            await writer.drain()
+
+        frame = await frames.read_frame(reader)
+        if frame is None:
+            return
+        header, _ = frame
+        try:
+            if header["t"] != "launch":
+                raise LaunchError(f"expected a launch request, got {header['t']!r}")
+            spec = _spec_from_launch(header, _peer_uid(writer))
+            spec.task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
+            spec.home = self._node.node_id
+            spec.python_version = self._node.python if spec.python else ""
+            record = self.records[spec.task_id] = TaskRecord(
+                id=spec.task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
+            call, node_id = await self._launch(spec, header, record, send)
+        except LaunchError as exc:
+            await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
+            return
+        try:
+            record.state, record.where = "running", node_id
+            await self._relay(spec, record, call, reader, send)
+        finally:
+            call.cancel()
+            self.records.pop(spec.task_id, None)
+
+    async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
+                      send: Any) -> tuple[grpc.aio.StreamStreamCall, str]:
+        """Place the task and start it; try the next candidate when a node refuses."""
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        said_queued = False
+        while True:
+            refusals: dict[str, str] = {}
+            for node_id, address in self._candidates(header, job, refusals):
+                reservation = self._node.placement.reserve(node_id, job, self._node.now())
+                call = rpc.HostStub(self._node.channel(address)).Execute()
+                try:
+                    await call.write(pb.HomeMessage(start=spec))
+                    event = await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    self._node.placement.release(reservation)
+                    refusals[node_id] = f"unreachable ({exc.code().name.lower()})"
+                    continue
+                kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
+                if kind == "started":
+                    await send({"t": "started", "task": spec.task_id, "node": node_id, "pid": event.started.pid})
+                    record.pid = event.started.pid
+                    return call, node_id
+                self._node.placement.release(reservation)
+                call.cancel()
+                refusals[node_id] = event.refused.reason if kind == "refused" else "closed the stream"
+                if kind == "refused" and not event.refused.retry:
+                    raise LaunchError(event.refused.reason)
+            why = "; ".join(f"{n}: {r}" for n, r in refusals.items()) or "no node known"
+            if not header.get("queue"):
+                raise LaunchError(f"no node can take the task ({why})")
+            if not said_queued:
+                record.state = "queued"
+                await send({"t": "queued", "reason": why})
+                said_queued = True
+            await asyncio.sleep(QUEUE_RETRY)
+
+    def _candidates(self, header: dict[str, Any], job: JobRequest, refusals: dict[str, str]) -> list[tuple[str, str]]:
+        views = self._node.cluster_view()
+        where = header.get("where", "best")
+        if where == "home":
+            return [(views[0].id, views[0].address)]
+        if where == "node":
+            wanted = str(header.get("node", ""))
+            view = next((v for v in views if v.id == wanted or v.address == wanted), None)
+            if view is None:
+                known = ", ".join(v.id for v in views)
+                raise LaunchError(f"unknown node {wanted!r} (known: {known})")
+            if view.state is NodeState.DOWN:
+                refusals[view.id] = "down"
+                return []
+            return [(view.id, view.address)]
+        try:
+            return [(c.node_id, c.address) for c in self._node.placement.rank(views, job, self._node.now())]
+        except NoRoom as exc:
+            refusals.update(exc.reasons)
+            return []
+
+    async def _relay(self, spec: pb.TaskSpec, record: TaskRecord, call: grpc.aio.StreamStreamCall,
+                     reader: asyncio.StreamReader, send: Any) -> None:
+        upstream = asyncio.create_task(self._from_mosrun(reader, call))
+        try:
+            while True:
+                read = asyncio.ensure_future(call.read())
+                await asyncio.wait({read, upstream}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return  # mosrun left: the caller cancels the call, which ends the task
+                try:
+                    event = read.result()
+                except grpc.aio.AioRpcError as exc:
+                    await send({"t": "error", "code": EXIT_LOST,
+                                "message": f"node {record.where} running task {spec.task_id} was lost "
+                                           f"({exc.code().name.lower()})"})
+                    return
+                if event is grpc.aio.EOF:
+                    await send({"t": "error", "code": EXIT_LOST,
+                                "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
+                    return
+                kind = event.WhichOneof("kind")
+                if kind in ("stdout", "stderr", "proxy"):
+                    await send({"t": kind}, getattr(event, kind))
+                elif kind == "usage":
+                    record.cpu, record.rss = event.usage.cpu, event.usage.rss
+                elif kind == "exited":
+                    await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
+                    return
+        finally:
+            upstream.cancel()
+
+    async def _from_mosrun(self, reader: asyncio.StreamReader, call: grpc.aio.StreamStreamCall) -> None:
+        """stdin, signals and proxy replies from the user's side to the task."""
+        try:
+            while (frame := await frames.read_frame(reader)) is not None:
+                header, payload = frame
+                kind = header["t"]
+                if kind == "stdin":
+                    await call.write(pb.HomeMessage(stdin=payload))
+                elif kind == "stdin_eof":
+                    await call.write(pb.HomeMessage(stdin_eof=True))
+                elif kind == "signal":
+                    await call.write(pb.HomeMessage(signal=int(header["sig"])))
+                elif kind == "proxy":
+                    await call.write(pb.HomeMessage(proxy=payload))
+        except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
+            log.warning("session of a task broke: %s", exc)
+        except grpc.aio.AioRpcError:
+            # The host side failed; the relay reports it. Keep waiting for mosrun to leave.
+            await reader.read()
+        # Returning tells the relay that mosrun is gone (or broke the protocol).

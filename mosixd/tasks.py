@@ -1,0 +1,289 @@
+"""The task processes this node runs, for whatever home node owns them.
+
+One home->host gRPC stream per task: the first message starts it, then stdin, signals and
+proxy replies flow in, and stdout, stderr, proxy requests, usage and the exit status flow out.
+Every pump goes through a small bounded queue, so a task that prints gigabytes is slowed to
+the pace of its home's terminal instead of filling this daemon's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import psutil
+
+import mosrun
+from mosixd.loadvector import LoadVector
+from mosixd.policy import JobRequest, admit
+from mosixd.spawner import Spawner, SpawnFailed
+from mosixd.wire import mosix_pb2 as pb
+from mosrun import frames
+
+log = logging.getLogger("mosixd.tasks")
+
+RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
+CHUNK = 256 * 1024
+EVENT_QUEUE = 16          # at most this many chunks buffered per task
+USAGE_EVERY = 2.0
+DRAIN_AFTER_EXIT = 5.0    # orphans may hold the pipes open; don't wait for them forever
+KILL_GRACE = 2.0
+
+
+class SpawnError(Exception):
+    """The task could not be started here; ``retry`` says another node may do better."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass
+class HostedTask:
+    """A task process running on this node, with its pipes as asyncio streams."""
+
+    spec: pb.TaskSpec
+    pid: int
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+    exited: asyncio.Future[int]
+    scratch: Path
+    local: bool
+    control: socket.socket | None = None     # our end of the runtime's socket (Python tasks)
+    started: float = field(default_factory=time.time)
+    cpu: float = 0.0
+    rss: int = 0
+
+    def signal(self, signum: int) -> None:
+        # The task leads its own process group: a signal reaches its helpers too, as in a terminal.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+
+def _refused(reason: str, retry: bool) -> pb.HostEvent:
+    return pb.HostEvent(refused=pb.Refusal(reason=reason, retry=retry))
+
+
+class TaskTable:
+    """Starts, tracks and accounts the tasks of this node."""
+
+    def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
+                 blocked: Callable[[], bool], max_tasks: int = 0) -> None:
+        self.node_id = node_id
+        self._spawner = spawner
+        self._scratch_root = state_dir / "tasks"
+        self._own_load = own_load
+        self._blocked = blocked
+        self._max_tasks = max_tasks
+        self.tasks: dict[str, HostedTask] = {}
+        self._starting = 0
+
+    # ---- accounting (load sampler, gossip, mosps) ------------------------------------
+
+    def pids(self) -> list[int]:
+        return [t.pid for t in self.tasks.values()]
+
+    def counts(self) -> tuple[int, int]:
+        """(local, guest) tasks running here, plus starts in progress counted as guests."""
+        local = sum(1 for t in self.tasks.values() if t.local)
+        return local, len(self.tasks) - local + self._starting
+
+    # ---- one task's life ------------------------------------------------------------
+
+    async def execute(self, requests: AsyncIterator[pb.HomeMessage]) -> AsyncIterator[pb.HostEvent]:
+        """Run the task described by the first message; yield its events until it exits."""
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            yield _refused("the first message on a task stream must start the task", retry=False)
+            return
+        spec = first.start
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
+                       max_tasks=self._max_tasks)
+        if reason:
+            yield _refused(f"{self.node_id}: {reason}", retry=True)
+            return
+        self._starting += 1
+        try:
+            task = await self._spawn(spec)
+        except SpawnError as exc:
+            yield _refused(f"{self.node_id}: {exc}", exc.retry)
+            return
+        finally:
+            self._starting -= 1
+        self.tasks[spec.task_id] = task
+        log.info("task %s of %s started: pid %d, %s", spec.task_id, spec.home, task.pid, " ".join(spec.argv))
+        yield pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid))
+        async for event in self._run(task, requests):
+            yield event
+
+    async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> AsyncIterator[pb.HostEvent]:
+        events: asyncio.Queue[pb.HostEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
+        control = task.control
+        reader, writer = (await asyncio.open_unix_connection(sock=control)) if control else (None, None)
+        pipes = [asyncio.create_task(self._pump(task.stdout, "stdout", events)),
+                 asyncio.create_task(self._pump(task.stderr, "stderr", events))]
+        helpers = [asyncio.create_task(self._feed(task, requests, writer)),
+                   asyncio.create_task(self._usage(task, events))]
+        if reader is not None:
+            helpers.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
+        waiter = asyncio.create_task(self._wait_exit(task, pipes, events))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:
+            for job in (*pipes, *helpers, waiter):
+                job.cancel()
+            if not task.exited.done():
+                await self._kill(task)
+            task.stdin.close()
+            if writer is not None:
+                writer.close()
+            self.tasks.pop(task.spec.task_id, None)
+            shutil.rmtree(task.scratch, ignore_errors=True)
+
+    async def _pump(self, stream: asyncio.StreamReader, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        while chunk := await stream.read(CHUNK):
+            await events.put(pb.HostEvent(**{kind: chunk}))
+
+    async def _proxy_requests(self, task: HostedTask, reader: asyncio.StreamReader,
+                              events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        try:
+            while (frame := await frames.read_frame(reader)) is not None:
+                await events.put(pb.HostEvent(proxy=frames.encode(*frame)))
+        except (frames.ProtocolError, ConnectionError) as exc:
+            log.warning("task %s: broken runtime channel (%s)", task.spec.task_id, exc)
+
+    async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                    control: asyncio.StreamWriter | None) -> None:
+        stdin = task.stdin
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            try:
+                if kind == "stdin":
+                    stdin.write(message.stdin)
+                    await stdin.drain()
+                elif kind == "stdin_eof":
+                    stdin.close()
+                elif kind == "signal":
+                    task.signal(message.signal)
+                elif kind == "proxy" and control is not None:
+                    control.write(message.proxy)
+                    await control.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the task closed its end, as a local process may
+
+    async def _usage(self, task: HostedTask, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        try:
+            proc = psutil.Process(task.pid)
+        except psutil.Error:
+            return
+        while True:
+            await asyncio.sleep(USAGE_EVERY)
+            try:
+                with proc.oneshot():
+                    times, rss = proc.cpu_times(), proc.memory_info().rss
+            except psutil.Error:
+                return
+            task.cpu, task.rss = times.user + times.system, rss
+            await events.put(pb.HostEvent(usage=pb.TaskUsage(cpu=task.cpu, rss=rss)))
+
+    async def _wait_exit(self, task: HostedTask, pipes: list[asyncio.Task[None]],
+                         events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        code = await task.exited
+        # All output must reach home before the exit status does.
+        await asyncio.wait(pipes, timeout=DRAIN_AFTER_EXIT)
+        exited = pb.TaskExit(code=code) if code >= 0 else pb.TaskExit(signal=-code)
+        log.info("task %s exited: %s", task.spec.task_id, f"code {code}" if code >= 0 else f"signal {-code}")
+        await events.put(pb.HostEvent(exited=exited))
+        await events.put(None)
+
+    async def _kill(self, task: HostedTask) -> None:
+        """End a task whose home went away: SIGTERM, then SIGKILL after a grace period."""
+        log.info("task %s: home session gone, ending it", task.spec.task_id)
+        task.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(task.exited), KILL_GRACE)
+        except asyncio.TimeoutError:
+            task.signal(signal.SIGKILL)
+            await task.exited
+
+    async def _spawn(self, spec: pb.TaskSpec) -> HostedTask:
+        if not os.access(spec.executable, os.X_OK):
+            raise SpawnError(f"{spec.executable} does not exist here or is not executable")
+        identity = self._identity(spec)
+        scratch = self._scratch_root / spec.task_id
+        scratch.mkdir(parents=True, exist_ok=True)
+        if identity:
+            os.chown(scratch, identity["user"], identity["group"])
+        env = dict(spec.env)
+        env.update(MOSIX_TASK_ID=spec.task_id, MOSIX_HOME_NODE=spec.home, MOSIX_NODE=self.node_id)
+        if spec.python:
+            env.update(MOSIX_HOME_CWD=spec.cwd, MOSIX_PROGRAM=spec.argv[0],
+                       MOSIX_STDOUT_TTY="1" if spec.stdout_tty else "", MOSIX_STDERR_TTY="1" if spec.stderr_tty else "")
+            args = [spec.executable, *spec.python_options, str(RUNTIME), *spec.python_args]
+            cwd = scratch  # the runtime makes relative paths act at home
+        else:
+            args = list(spec.argv)
+            cwd = Path(spec.cwd) if os.path.isdir(spec.cwd) else scratch
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        child_fds, ours = [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
+        control = None
+        if spec.python:
+            control, runtime_end = socket.socketpair()
+            child_fds.append(runtime_end.detach())
+        try:
+            pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
+                                            umask=spec.umask, identity=identity, fds=child_fds)
+        except SpawnFailed as exc:
+            for fd in ours:
+                os.close(fd)
+            if control:
+                control.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise SpawnError(f"cannot start {spec.executable}: {exc.strerror}") from None
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        stdin, stdout, stderr = await _streams(*ours)
+        return HostedTask(spec=spec, pid=pid, stdin=stdin, stdout=stdout, stderr=stderr,
+                          exited=self._spawner.exit_status(pid), scratch=scratch, local=spec.home == self.node_id,
+                          control=control)
+
+    def _identity(self, spec: pb.TaskSpec) -> dict[str, object]:
+        """Run the task as its user: switch to them when root, else only run our own user's tasks."""
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam(spec.user)
+            except KeyError:
+                raise SpawnError(f"user {spec.user} does not exist here") from None
+            return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(spec.user, pw.pw_gid)}
+        if spec.uid != os.geteuid():
+            raise SpawnError(f"this daemon runs as uid {os.geteuid()} and cannot run tasks of {spec.user}")
+        return {}
+
+
+async def _streams(stdin_fd: int, stdout_fd: int, stderr_fd: int) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
+    """Our ends of the child's pipes as asyncio streams (stdin writes honour flow control)."""
+    loop = asyncio.get_running_loop()
+    readers = []
+    for fd in (stdout_fd, stderr_fd):
+        reader = asyncio.StreamReader(limit=4 * CHUNK)
+        await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), os.fdopen(fd, "rb", buffering=0))
+        readers.append(reader)
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(stdin_fd, "wb", buffering=0))
+    return asyncio.StreamWriter(transport, protocol, None, loop), readers[0], readers[1]
