@@ -124,17 +124,8 @@ def _natural(node_id: str) -> tuple[str | int, ...]:
 class GossipView:
     """One node's gossip state: its own entry and the newest entry of every other node."""
 
-    def __init__(
-        self,
-        node_id: str,
-        address: str,
-        config: GossipConfig,
-        now: float,
-        *,
-        generation: int,
-        load: LoadVector,
-        rng: random.Random,
-    ) -> None:
+    def __init__(self, node_id: str, address: str, config: GossipConfig, now: float, *,
+                 generation: int, load: LoadVector, rng: random.Random) -> None:
         self.node_id = node_id
         self.address = address
         self.config = config
@@ -159,7 +150,7 @@ class GossipView:
     # --- own entry -------------------------------------------------------------------
 
     def set_load(self, load: LoadVector, now: float) -> None:
-        """Refresh the own load; it goes out (age 0) with the next window."""
+        """Refresh the own load; it goes out with the next window (own entry: age 0)."""
         self._load = load
 
     def set_blocked(self, blocked: bool, now: float) -> None:
@@ -208,12 +199,6 @@ class GossipView:
                                  e.blocked, e.leaving, e.load))
         return window
 
-    @staticmethod
-    def _aged(rec: _Record, now: float) -> Entry:
-        e = rec.entry
-        return _entry(e.node_id, e.address, e.generation, now - rec.born,
-                      e.blocked, e.leaving, e.load)
-
     def _freshest(self) -> list[_Record]:
         k = self.config.window - 1
         nodes, touched = self._nodes, self._touched
@@ -248,7 +233,7 @@ class GossipView:
         else:
             targets += [a for a in self._seeds if self._due(a, now)]
             down = [r.entry.address for r in self._nodes.values()
-                    if self._due(r.entry.address, now)]
+                    if r.entry.address not in targets and self._due(r.entry.address, now)]
             if down:
                 targets.append(self._rng.choice(down))
         suspect = self._suspect(now, limit, targets)
@@ -305,7 +290,10 @@ class GossipView:
             rec = nodes.get(e.node_id)
             if rec is None:
                 if e.node_id != self.node_id:  # only this node speaks for itself
-                    self._learn(e, born)
+                    rec = nodes[e.node_id] = _Record(e, born)
+                    self._ids.append(e.node_id)
+                    self._by_address[e.address] = e.node_id
+                    touched[e.node_id] = rec
                 continue
             old = rec.entry
             if e.generation == old.generation:
@@ -314,18 +302,14 @@ class GossipView:
             elif e.generation < old.generation:
                 continue  # news from a previous life
             elif born < rec.born:
-                self._rescan = True  # a restart with an older birth: the window must be redone
-            if e.address != old.address:
+                self._rescan = True  # a restart born earlier: redo the window in full
+            if e.address != old.address:  # restarted elsewhere
+                if self._by_address.get(old.address) == e.node_id:
+                    del self._by_address[old.address]
                 self._by_address[e.address] = e.node_id
             rec.entry = e
             rec.born = born
             touched[e.node_id] = rec
-
-    def _learn(self, e: Entry, born: float) -> None:
-        rec = self._nodes[e.node_id] = _Record(e, born)
-        self._ids.append(e.node_id)
-        self._by_address[e.address] = e.node_id
-        self._touched[e.node_id] = rec
 
     def add_seed(self, address: str) -> None:
         """A peer known by address only, tried until it answers or is identified."""
@@ -368,7 +352,11 @@ class GossipView:
         if node_id == self.node_id:
             return self._own()
         rec = self._nodes.get(node_id)
-        return None if rec is None else self._aged(rec, now)
+        if rec is None:
+            return None
+        e = rec.entry
+        return _entry(e.node_id, e.address, e.generation, now - rec.born,
+                      e.blocked, e.leaving, e.load)
 
     def view(self, now: float) -> list[NodeView]:
         """Every known node: self first, then the others by id (n2 before n10)."""

@@ -97,6 +97,21 @@ def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
     return spec
 
 
+async def _close_gently(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 5.0) -> None:
+    """Half-close, then drain what mosrun still sends until it closes: closing a Unix socket
+    with unread data makes the peer's next read fail before it sees our last frame."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(timeout):
+            while await reader.read(1 << 16):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
 class HomeSessions:
     """The sessions of the tasks whose home is this node."""
 
@@ -129,9 +144,15 @@ class HomeSessions:
             await self._session(reader, writer)
         except (ConnectionError, frames.ProtocolError) as exc:
             log.info("session ended: %s", exc)
+        except Exception as exc:  # a bug must cost one session, not the daemon; say it loudly
+            log.exception("session failed")
+            with contextlib.suppress(Exception):
+                writer.write(frames.encode({"t": "error", "code": EXIT_LAUNCH,
+                                            "message": f"internal error in the home daemon: {exc!r}"}))
+                await writer.drain()
         finally:
             self._sessions.discard(task)
-            writer.close()
+            await _close_gently(reader, writer)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send(header: dict[str, Any], payload: bytes = b"") -> None:
@@ -142,25 +163,25 @@ class HomeSessions:
         if frame is None:
             return
         header, _ = frame
+        task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
         try:
             if header["t"] != "launch":
                 raise LaunchError(f"expected a launch request, got {header['t']!r}")
             spec = _spec_from_launch(header, _peer_uid(writer))
-            spec.task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
-            spec.home = self._node.node_id
+            spec.task_id, spec.home = task_id, self._node.node_id
             spec.python_version = self._node.python if spec.python else ""
-            record = self.records[spec.task_id] = TaskRecord(
-                id=spec.task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
+            record = self.records[task_id] = TaskRecord(
+                id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send)
+            try:
+                record.state, record.where = "running", node_id
+                await self._relay(spec, record, call, reader, send)
+            finally:
+                call.cancel()
         except LaunchError as exc:
             await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
-            return
-        try:
-            record.state, record.where = "running", node_id
-            await self._relay(spec, record, call, reader, send)
         finally:
-            call.cancel()
-            self.records.pop(spec.task_id, None)
+            self.records.pop(task_id, None)
 
     async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
                       send: Any) -> tuple[grpc.aio.StreamStreamCall, str]:

@@ -52,10 +52,8 @@ class HostService(rpc.HostServicer):
         self._node = node
 
     async def Execute(self, request_iterator: AsyncIterator[pb.HomeMessage],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.HostEvent]:
-        # grpc.aio recognises streaming handlers by being async generator functions.
-        async for event in self._node.tasks.execute(request_iterator):
-            yield event
+                      context: grpc.aio.ServicerContext) -> None:
+        await self._node.tasks.execute(request_iterator, context.write)
 
 
 def add_services(server: grpc.aio.Server, node: NodeDaemon) -> None:

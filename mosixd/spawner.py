@@ -41,7 +41,6 @@ def _serve(sock: socket.socket) -> None:
     wake_w.setblocking(False)
     signal.set_wakeup_fd(wake_w.fileno())
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the daemon's business
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
@@ -113,10 +112,12 @@ class Spawner:
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
-        # posix_spawn: no fork handlers run, unlike fork(); the helper's end becomes fd 3.
+        # posix_spawn: no fork handlers run, unlike fork(); the helper's end becomes fd 3. Its
+        # own session keeps a terminal's Ctrl-C away from it, without ignoring SIGINT (an
+        # ignored signal would stay ignored in every task it starts).
         self._helper_pid = os.posix_spawn(
             sys.executable, [sys.executable, "-m", "mosixd.spawner", "3"], dict(os.environ),
-            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
+            file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)], setsid=True)
         theirs.close()
         ours.setblocking(False)
         self._sock = ours

@@ -19,7 +19,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import psutil
 
@@ -88,6 +88,7 @@ class TaskTable:
         self._max_tasks = max_tasks
         self.tasks: dict[str, HostedTask] = {}
         self._starting = 0
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     # ---- accounting (load sampler, gossip, mosps) ------------------------------------
 
@@ -101,57 +102,72 @@ class TaskTable:
 
     # ---- one task's life ------------------------------------------------------------
 
-    async def execute(self, requests: AsyncIterator[pb.HomeMessage]) -> AsyncIterator[pb.HostEvent]:
-        """Run the task described by the first message; yield its events until it exits."""
+    async def execute(self, requests: AsyncIterator[pb.HomeMessage],
+                      send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        """Run the task described by the first message and send its events until it exits.
+
+        A coroutine, not an async generator: when the home cancels the stream, the cancellation
+        lands on whatever this awaits, so the cleanup that ends the task runs at once.
+        """
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("kind") != "start":
-            yield _refused("the first message on a task stream must start the task", retry=False)
+            await send(_refused("the first message on a task stream must start the task", retry=False))
             return
         spec = first.start
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
                        max_tasks=self._max_tasks)
         if reason:
-            yield _refused(f"{self.node_id}: {reason}", retry=True)
+            await send(_refused(f"{self.node_id}: {reason}", retry=True))
             return
         self._starting += 1
         try:
             task = await self._spawn(spec)
         except SpawnError as exc:
-            yield _refused(f"{self.node_id}: {exc}", exc.retry)
+            await send(_refused(f"{self.node_id}: {exc}", exc.retry))
             return
         finally:
             self._starting -= 1
         self.tasks[spec.task_id] = task
         log.info("task %s of %s started: pid %d, %s", spec.task_id, spec.home, task.pid, " ".join(spec.argv))
-        yield pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid))
-        async for event in self._run(task, requests):
-            yield event
+        await self._run(task, requests, send)
 
-    async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> AsyncIterator[pb.HostEvent]:
+    async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                   send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
         events: asyncio.Queue[pb.HostEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
         control = task.control
         reader, writer = (await asyncio.open_unix_connection(sock=control)) if control else (None, None)
         pipes = [asyncio.create_task(self._pump(task.stdout, "stdout", events)),
                  asyncio.create_task(self._pump(task.stderr, "stderr", events))]
-        helpers = [asyncio.create_task(self._feed(task, requests, writer)),
+        handler = asyncio.current_task()
+        assert handler is not None
+        helpers = [asyncio.create_task(self._feed(task, requests, writer, handler)),
                    asyncio.create_task(self._usage(task, events))]
         if reader is not None:
             helpers.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
         waiter = asyncio.create_task(self._wait_exit(task, pipes, events))
         try:
+            await send(pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid)))
             while (event := await events.get()) is not None:
-                yield event
+                await send(event)
         finally:
             for job in (*pipes, *helpers, waiter):
                 job.cancel()
-            if not task.exited.done():
-                await self._kill(task)
-            task.stdin.close()
-            if writer is not None:
-                writer.close()
-            self.tasks.pop(task.spec.task_id, None)
-            shutil.rmtree(task.scratch, ignore_errors=True)
+            # Shielded: a second cancellation (gRPC's and the feeder's may both come) must not
+            # cut the cleanup short and leave the task running.
+            cleanup = asyncio.ensure_future(self._cleanup(task, writer))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
+
+    async def _cleanup(self, task: HostedTask, writer: asyncio.StreamWriter | None) -> None:
+        self.tasks.pop(task.spec.task_id, None)
+        if not task.exited.done():
+            await self._kill(task)
+        task.stdin.close()
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(task.scratch, ignore_errors=True)
 
     async def _pump(self, stream: asyncio.StreamReader, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
         while chunk := await stream.read(CHUNK):
@@ -166,7 +182,17 @@ class TaskTable:
             log.warning("task %s: broken runtime channel (%s)", task.spec.task_id, exc)
 
     async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                    control: asyncio.StreamWriter | None) -> None:
+                    control: asyncio.StreamWriter | None, handler: asyncio.Task[object]) -> None:
+        try:
+            await self._feed_messages(task, requests, control)
+        except Exception as exc:  # grpc reports a cancelled call this way
+            log.debug("task %s: home stream failed: %r", task.spec.task_id, exc)
+        # The home never half-closes a task's stream: its end means the home is gone, and the
+        # task must end with it (the handler's cleanup kills it).
+        handler.cancel()
+
+    async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                             control: asyncio.StreamWriter | None) -> None:
         stdin = task.stdin
         async for message in requests:
             kind = message.WhichOneof("kind")
@@ -201,7 +227,7 @@ class TaskTable:
 
     async def _wait_exit(self, task: HostedTask, pipes: list[asyncio.Task[None]],
                          events: asyncio.Queue[pb.HostEvent | None]) -> None:
-        code = await task.exited
+        code = await asyncio.shield(task.exited)  # cancelling this waiter must not cancel the exit
         # All output must reach home before the exit status does.
         await asyncio.wait(pipes, timeout=DRAIN_AFTER_EXIT)
         exited = pb.TaskExit(code=code) if code >= 0 else pb.TaskExit(signal=-code)

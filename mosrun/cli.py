@@ -293,8 +293,13 @@ class Session:
             elif len(self.outbuf) < OUT_HIGH_WATER and not watching:
                 self.sel.register(0, selectors.EVENT_READ)
 
-    def _eof_stdin(self) -> bool:
+    def _stop_stdin(self) -> None:
         self.stdin_open = False
+        if 0 in self.sel.get_map():
+            self.sel.unregister(0)
+
+    def _eof_stdin(self) -> bool:
+        self._stop_stdin()
         self.send({"t": "stdin_eof"})
         return False
 
@@ -308,8 +313,6 @@ class Session:
         if data:
             self.send({"t": "stdin"}, data)
             return
-        if 0 in self.sel.get_map():
-            self.sel.unregister(0)
         self._eof_stdin()
 
     def _flush(self) -> None:
@@ -318,7 +321,10 @@ class Session:
         except BlockingIOError:
             return
         except (BrokenPipeError, ConnectionResetError):
-            fail("the home daemon closed the session", EXIT_LOST)
+            # The daemon stopped listening; its last frames may still be waiting to be read.
+            self.outbuf.clear()
+            self._stop_stdin()
+            return
         del self.outbuf[:sent]
 
     def _receive(self) -> None:

@@ -79,6 +79,17 @@ class LocalRig:
         return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
                               timeout=timeout, env=env or self.env)
 
+    def mosrun(self, *args: str, cwd: Path | None = None, input: bytes | None = None,
+               timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+        """Run mosrun (bytes in, bytes out) against this cluster."""
+        return subprocess.run([str(BIN / "mosrun"), *args], capture_output=True, cwd=cwd, input=input,
+                              timeout=timeout, env=self.env)
+
+    def tasks(self, node_id: str = "n1") -> list[dict[str, Any]]:
+        out = self.tool("mosps", "--json", "--node", node_id)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["tasks"]
+
     def view(self, node_id: str) -> dict[str, str] | None:
         """node id -> state as ``node_id`` sees it (None if it does not answer)."""
         out = self.tool("mosmon", "--json", "--node", node_id, timeout=10)
@@ -128,6 +139,17 @@ def start_rig(n: int, tmp: Path, *extra: str) -> LocalRig:
         rig.stop()
         raise
     return rig
+
+
+@pytest.fixture(scope="module")
+def shared_rig3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRig]:
+    """A 3-node local cluster shared by the tests of one module (they must leave it as found)."""
+    rig = start_rig(3, tmp_path_factory.mktemp("rig"))
+    try:
+        wait_for(rig.converged, 30)
+        yield rig
+    finally:
+        rig.stop()
 
 
 @pytest.fixture

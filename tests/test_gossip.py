@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -82,10 +82,10 @@ class Sim:
     def states(self, observer: str) -> dict[str, NodeState]:
         return {v.id: v.state for v in self.nodes[observer].view(self.now(observer))}
 
-    def run_until(self, done: object, max_rounds: int) -> int:
+    def run_until(self, done: Callable[[], bool], max_rounds: int) -> int:
         """Rounds run until done() holds; fails the test after max_rounds."""
         for r in range(max_rounds + 1):
-            if done():  # type: ignore[operator]
+            if done():
                 return r
             self.round()
         pytest.fail(f"not done after {max_rounds} rounds")
