@@ -106,6 +106,7 @@ class Cluster:
         """One round: windows and targets at its start, then push-pull exchanges."""
         self.round_no += 1
         views, now, index = self.views, self.now, self.index
+        self.windows = []  # free last round's entries first: big windows are N^2 objects
         self.windows = [v.outgoing(now(i)) for i, v in enumerate(views)]
         self.pairs = [(i, index[a]) for i, v in enumerate(views)
                       for a in v.choose_targets(now(i))]
@@ -199,14 +200,15 @@ def warmup_rounds(n: int, config: GossipConfig, budget: int) -> tuple[int, bool]
 
     Past the down limit (plus a quarter) the age distribution, the suspect probes and any
     false downs are in their steady state. When that costs more than ``budget``
-    node-rounds, settle for three times the time a given entry takes to reach a given
-    node (about n / (2 (window - 1)) rounds, each node taking in about two windows).
+    node-rounds, settle for twice the time a given entry takes to reach a given node
+    (about n / (2 (window - 1)) rounds, each node taking in about two windows): enough
+    for the median ages, whose refreshes come at random, but not for the tail.
     """
     limit = config.down_after * max(1.0, n / config.window) / config.interval
     full = math.ceil(1.25 * limit) + 20
     if n * full <= budget:
         return full, False
-    return 20 + 3 * math.ceil(n / (2 * (config.window - 1))), True
+    return 20 + 2 * math.ceil(n / (2 * (config.window - 1))), True
 
 
 def steady_state(n: int, seed: int, budget: int = 1_500_000, measure_rounds: int = 5,

@@ -9,7 +9,7 @@ is known without any key. Frames:
                             umask, ttys, where: best|home|node, node, memory_mb, queue, job_name}
                     stdin (payload), stdin_eof, signal {sig}, proxy (payload: a runtime frame)
   daemon -> mosrun  started {task, node}, queued {reason}, stdout, stderr (payload),
-                    proxy (payload), exit {code, signal}, error {message, code}
+                    proxy (payload), stdin_ack {n}, exit {code, signal}, error {message, code}
 """
 
 from __future__ import annotations
@@ -264,6 +264,8 @@ class HomeSessions:
                 kind = event.WhichOneof("kind")
                 if kind in ("stdout", "stderr", "proxy"):
                     await send({"t": kind}, getattr(event, kind))
+                elif kind == "stdin_ack":
+                    await send({"t": "stdin_ack", "n": event.stdin_ack})
                 elif kind == "usage":
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
                 elif kind == "exited":

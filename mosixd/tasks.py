@@ -61,6 +61,8 @@ class HostedTask:
     scratch: Path
     local: bool
     control: socket.socket | None = None     # our end of the runtime's socket (Python tasks)
+    events: asyncio.Queue[pb.HostEvent | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))  # what goes home
     started: float = field(default_factory=time.time)
     cpu: float = 0.0
     rss: int = 0
@@ -134,7 +136,7 @@ class TaskTable:
 
     async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
                    send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
-        events: asyncio.Queue[pb.HostEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
+        events = task.events
         control = task.control
         reader, writer = (await asyncio.open_unix_connection(sock=control)) if control else (None, None)
         pipes = [asyncio.create_task(self._pump(task.stdout, "stdout", events)),
@@ -193,15 +195,35 @@ class TaskTable:
 
     async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
                              control: asyncio.StreamWriter | None) -> None:
-        stdin = task.stdin
+        # stdin goes through its own writer: a task that waits for a proxy reply before it
+        # reads stdin must get that reply even while its stdin pipe is full. The home keeps at
+        # most a window of unacknowledged stdin in flight, so this queue stays small.
+        stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        writer = asyncio.create_task(self._write_stdin(task, stdin))
+        try:
+            await self._dispatch(task, requests, control, stdin)
+        finally:
+            writer.cancel()
+
+    async def _write_stdin(self, task: HostedTask, chunks: asyncio.Queue[bytes | None]) -> None:
+        while (chunk := await chunks.get()) is not None:
+            try:
+                task.stdin.write(chunk)
+                await task.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the task closed its stdin, as a local process may; keep acknowledging
+            await task.events.put(pb.HostEvent(stdin_ack=len(chunk)))
+        task.stdin.close()
+
+    async def _dispatch(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                        control: asyncio.StreamWriter | None, stdin: asyncio.Queue[bytes | None]) -> None:
         async for message in requests:
             kind = message.WhichOneof("kind")
             try:
                 if kind == "stdin":
-                    stdin.write(message.stdin)
-                    await stdin.drain()
+                    stdin.put_nowait(message.stdin)
                 elif kind == "stdin_eof":
-                    stdin.close()
+                    stdin.put_nowait(None)
                 elif kind == "signal":
                     task.signal(message.signal)
                 elif kind == "proxy" and control is not None:

@@ -30,6 +30,7 @@ EXIT_LOST = 255
 SYSTEM_SESSION = "/run/mosix/mosrun.sock"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 OUT_HIGH_WATER = 1 << 20   # stop reading stdin while this much is waiting to reach the daemon
+STDIN_WINDOW = 1 << 20     # at most this much stdin not yet written into the task
 STDIN_CHUNK = 64 * 1024
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
@@ -199,11 +200,11 @@ def build_launch(opts: dict[str, Any], command: list[str]) -> dict[str, Any]:
             try:
                 with open(script, "rb"):
                     pass
-            except OSError as exc:
-                # Exactly what python says about a script it cannot open.
-                sys.stderr.write(f"{command[0]}: can't open file {os.path.abspath(script)!r}: "
-                                 f"[Errno {exc.errno}] {exc.strerror}\n")
-                raise SystemExit(2) from None
+            except OSError:
+                # Let the interpreter itself say it cannot open the script: the message and the
+                # exit status are then exactly python's (wrappers such as pyenv shims included).
+                sys.stdout.flush()
+                os.execv(executable, command)
         if program == ["-"] or program[:1] == ["-"]:
             raise UsageError("a python program read from stdin is not supported; give a script, -c or -m")
     umask = os.umask(0)
@@ -244,6 +245,7 @@ class Session:
         self.outbuf = bytearray()
         self.sel = selectors.DefaultSelector()
         self.stdin_open = True
+        self.stdin_in_flight = 0    # sent, not yet acknowledged as written into the task
         self.stdin_polled = False   # stdin cannot be watched (a regular file): read it when there is room
         self.files: Any = None      # HomeFiles, created on the first proxy request
         self.status: int | None = None
@@ -268,7 +270,7 @@ class Session:
             self.stdin_polled = os.path.exists("/proc/self/fd/0") or self._eof_stdin()
         while self.status is None:
             self._update_interest()
-            timeout = 0 if self.stdin_polled and self.stdin_open and len(self.outbuf) < OUT_HIGH_WATER else None
+            timeout = 0 if self.stdin_polled and self._room_for_stdin() else None
             for key, events in self.sel.select(timeout):
                 if key.fileobj is self.sock:
                     if events & selectors.EVENT_WRITE:
@@ -280,17 +282,20 @@ class Session:
                         self.send({"t": "signal", "sig": signum})
                 elif key.fileobj == 0:
                     self._read_stdin()
-            if self.stdin_polled and self.stdin_open and len(self.outbuf) < OUT_HIGH_WATER:
+            if self.stdin_polled and self._room_for_stdin():
                 self._read_stdin()
         return self.status
+
+    def _room_for_stdin(self) -> bool:
+        return self.stdin_open and len(self.outbuf) < OUT_HIGH_WATER and self.stdin_in_flight < STDIN_WINDOW
 
     def _update_interest(self) -> None:
         self.sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0))
         if self.stdin_open and not self.stdin_polled:
-            watching = 0 in self.sel.get_map()
-            if len(self.outbuf) >= OUT_HIGH_WATER and watching:
+            watching, room = 0 in self.sel.get_map(), self._room_for_stdin()
+            if watching and not room:
                 self.sel.unregister(0)
-            elif len(self.outbuf) < OUT_HIGH_WATER and not watching:
+            elif room and not watching:
                 self.sel.register(0, selectors.EVENT_READ)
 
     def _stop_stdin(self) -> None:
@@ -312,6 +317,7 @@ class Session:
             data = b""
         if data:
             self.send({"t": "stdin"}, data)
+            self.stdin_in_flight += len(data)
             return
         self._eof_stdin()
 
@@ -357,6 +363,8 @@ class Session:
             write_all(2, payload)
         elif kind == "proxy":
             self._proxy(payload)
+        elif kind == "stdin_ack":
+            self.stdin_in_flight -= int(header.get("n", 0))
         elif kind == "exit":
             sig = int(header.get("signal") or 0)
             self.status = 128 + sig if sig else int(header.get("code", 0))

@@ -33,7 +33,9 @@ op             arguments                                    result
 ``modules``    dir                                          big (bool), mods {name: "p" package,
                                                             "m" module, "n" namespace dir}
 ``find``       dir, name                                    kind ("p" "m" "n" or null)
-``get``        path, offset=0                               payload: <= 4 MiB from offset; size
+``get``        path, offset=0, real=false                   payload: <= 4 MiB from offset; size;
+                                                            real (with real=true: the path with
+                                                            symlinks resolved)
 ``open``       path, flags (names: O_RDONLY...), perm,      h (handle), pos (null if not
                nodir=false (true: a directory is EISDIR)    seekable), seekable
 ``read``       h, n (<= 4 MiB)                              payload: the bytes (empty at EOF)
@@ -57,6 +59,8 @@ op             arguments                                    result
 ``utime``      path, times=[a, m]|null, ns=[a, m]|null,     -
                follow=true
 ``truncate``   path, length                                 -
+``symlink``    src (the link's text), dst                   -
+``link``       src, dst                                     -
 =============  ===========================================  =====================================
 """
 
@@ -316,7 +320,10 @@ class HomeFiles:
             raise
         finally:
             os.close(fd)
-        return {"size": size}, data
+        result: dict[str, Any] = {"size": size}
+        if self._bool(h, "real", False):
+            result["real"] = os.path.realpath(path)
+        return result, data
 
     # -- open files ----------------------------------------------------------------------------
 
@@ -345,7 +352,7 @@ class HomeFiles:
         return {"h": handle, "pos": pos, "seekable": pos is not None}, b""
 
     def _read(self, h: dict[str, Any], _: bytes) -> Reply:
-        fd, n = self._fd(h), self._int(h, "n")
+        n, fd = self._int(h, "n"), self._fd(h)
         if n < 0:
             raise BadRequest("'n' must not be negative")
         return {}, os.read(fd, min(n, CHUNK))
@@ -421,6 +428,17 @@ class HomeFiles:
         os.truncate(self._path(h), self._int(h, "length"))
         return {}, b""
 
+    def _symlink(self, h: dict[str, Any], _: bytes) -> Reply:
+        text = h.get("src")
+        if not isinstance(text, str):
+            raise BadRequest("'src' must be a string")
+        os.symlink(text, self._path(h, "dst"))  # the link's text is kept as the task wrote it
+        return {}, b""
+
+    def _link(self, h: dict[str, Any], _: bytes) -> Reply:
+        os.link(self._path(h, "src"), self._path(h, "dst"))
+        return {}, b""
+
 
 _OPS: dict[str, Callable[[HomeFiles, dict[str, Any], bytes], Reply]] = {
     "stat": HomeFiles._stat, "fstat": HomeFiles._fstat, "access": HomeFiles._access,
@@ -433,4 +451,5 @@ _OPS: dict[str, Callable[[HomeFiles, dict[str, Any], bytes], Reply]] = {
     "rmdir": HomeFiles._rmdir, "mkdir": HomeFiles._mkdir, "makedirs": HomeFiles._makedirs,
     "rename": HomeFiles._rename, "replace": HomeFiles._replace, "chmod": HomeFiles._chmod,
     "utime": HomeFiles._utime, "truncate": HomeFiles._truncate,
+    "symlink": HomeFiles._symlink, "link": HomeFiles._link,
 }

@@ -188,7 +188,7 @@ class TaskUsage(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class HostEvent(_message.Message):
-    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage")
+    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage", "stdin_ack")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,7 @@ class HostEvent(_message.Message):
     EXITED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    STDIN_ACK_FIELD_NUMBER: _ClassVar[int]
     started: TaskStarted
     stdout: bytes
     stderr: bytes
@@ -203,7 +204,8 @@ class HostEvent(_message.Message):
     exited: TaskExit
     refused: Refusal
     usage: TaskUsage
-    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ...) -> None: ...
+    stdin_ack: int
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")

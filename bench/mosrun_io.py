@@ -1,0 +1,168 @@
+"""What running through the home node costs: mosrun against the same thing done locally.
+
+On a real 3-node ``mosixd --local`` cluster, with tasks placed on n2 and the user's mosrun on
+n1, it measures, each as a ratio against a baseline taken in the same run (medians):
+
+  launch      ``mosrun -r n2 python -c pass``  vs  ``python -c pass``          goal <= 6x
+  stdout      bytes/s of a task's stdout through the home proxy vs a local pipe  goal >= 0.3x
+  file write  256 MB written to a relative path through the file proxy vs local  goal >= 0.3x
+  file read   the same file read back                                           goal >= 0.3x
+  stat        one proxied os.stat vs one gRPC unary ping of a daemon            goal <= 2x
+
+    python -m bench.mosrun_io [--runs 15] [--megabytes 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+WRITER = """
+import sys, time
+chunk = b"x" * (1 << 20)
+out = sys.stdout.buffer
+for _ in range({mb}):
+    out.write(chunk)
+out.flush()
+"""
+
+FILES = """
+import json, os, time
+chunk = os.urandom(1 << 20)
+start = time.perf_counter()
+with open("bench.dat", "wb") as f:
+    for _ in range({mb}):
+        f.write(chunk)
+write = time.perf_counter() - start
+start = time.perf_counter()
+total = 0
+with open("bench.dat", "rb") as f:
+    while block := f.read(1 << 20):
+        total += len(block)
+read = time.perf_counter() - start
+os.remove("bench.dat")
+assert total == {mb} << 20
+print(json.dumps({{"write": {mb} / write, "read": {mb} / read}}))
+"""
+
+STAT = """
+import json, os, time
+open("probe.txt", "w").close()
+samples = []
+for _ in range({n}):
+    t = time.perf_counter()
+    os.stat("probe.txt")
+    samples.append(time.perf_counter() - t)
+os.remove("probe.txt")
+samples.sort()
+print(json.dumps({{"median_us": samples[len(samples) // 2] * 1e6}}))
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def throughput(cmd: list[str], env: dict[str, str], cwd: Path, megabytes: int) -> float:
+    """MB/s of what ``cmd`` writes to its stdout, read here from a pipe."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    total = 0
+    while block := proc.stdout.read(1 << 20):
+        total += len(block)
+    proc.wait()
+    assert total == megabytes << 20, total
+    return megabytes / (time.perf_counter() - start)
+
+
+def grpc_ping_us(env: dict[str, str], runtime: Path, n: int) -> float:
+    """Median round trip of a unary gRPC call (the health check) to node n2."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    registry = json.loads((runtime / "local.json").read_text())
+    address = next(node["address"] for node in registry["nodes"] if node["id"] == "n2")
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--megabytes", type=int, default=256)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mosix-bench-"))
+    runtime = work / "runtime"
+    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(runtime))
+    cluster = subprocess.Popen([str(BIN / "mosixd"), "--local", "3", "--port", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=env)
+            if out.returncode == 0 and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 3:
+                break
+            time.sleep(0.5)
+        (work / "writer.py").write_text(WRITER.format(mb=args.megabytes * 2))
+        (work / "files.py").write_text(FILES.format(mb=args.megabytes))
+        (work / "stat.py").write_text(STAT.format(n=2000))
+        py = sys.executable
+        mosrun = [str(BIN / "mosrun"), "-r", "n2"]
+        rows = []
+
+        local = statistics.median(timed([py, "-c", "pass"], env, work) for _ in range(args.runs))
+        remote = statistics.median(timed([*mosrun, py, "-c", "pass"], env, work) for _ in range(args.runs))
+        rows.append(("launch (s)", local, remote, remote / local, "<= 6x"))
+
+        runs = max(3, args.runs // 5)
+        local = statistics.median(throughput([py, "writer.py"], env, work, args.megabytes * 2) for _ in range(runs))
+        remote = statistics.median(throughput([*mosrun, py, "writer.py"], env, work, args.megabytes * 2)
+                                   for _ in range(runs))
+        rows.append(("stdout (MB/s)", local, remote, remote / local, ">= 0.3x"))
+
+        def file_rates(cmd: list[str]) -> dict[str, float]:
+            return json.loads(subprocess.run(cmd, env=env, cwd=work, check=True, capture_output=True).stdout)
+
+        local_f = [file_rates([py, "files.py"]) for _ in range(runs)]
+        remote_f = [file_rates([*mosrun, py, "files.py"]) for _ in range(runs)]
+        for kind in ("write", "read"):
+            a = statistics.median(r[kind] for r in local_f)
+            b = statistics.median(r[kind] for r in remote_f)
+            rows.append((f"file {kind} (MB/s)", a, b, b / a, ">= 0.3x"))
+
+        ping = statistics.median(grpc_ping_us(env, runtime, 2000) for _ in range(3))
+        stat = statistics.median(
+            json.loads(subprocess.run([*mosrun, py, "stat.py"], env=env, cwd=work, check=True,
+                                      capture_output=True).stdout)["median_us"] for _ in range(3))
+        rows.append(("stat vs grpc ping (us)", ping, stat, stat / ping, "<= 2x"))
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        cluster.wait(timeout=30)
+    print(f"mosrun through the home node, 3-node local cluster, task on n2 ({args.runs} launches, medians)")
+    print(f"  {'figure':<24} {'baseline':>10} {'mosrun':>10} {'ratio':>8}  goal")
+    for name, base, ours, ratio, goal in rows:
+        print(f"  {name:<24} {base:>10.4g} {ours:>10.4g} {ratio:>7.2f}x  {goal}")
+
+
+if __name__ == "__main__":
+    main()
