@@ -224,6 +224,8 @@ class _SyncAuth(
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Task output and checkpoints travel in MiB chunks: fewer, larger HTTP/2 frames.
+    ("grpc.http2.max_frame_size", 4 * 1024 * 1024),
     # Fail fast towards dead peers instead of waiting out long reconnect backoffs.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),

@@ -44,6 +44,7 @@ log = logging.getLogger("mosixd.home")
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
+SESSION_BUFFER = 4 << 20
 
 
 class LaunchError(Exception):
@@ -155,8 +156,13 @@ class HomeSessions:
             await _close_gently(reader, writer)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SESSION_BUFFER)
+
         async def send(header: dict[str, Any], payload: bytes = b"") -> None:
-            writer.write(frames.encode(header, payload))
+            writer.write(frames.encode_head(header, len(payload)))
+            if payload:
+                writer.write(payload)  # no concatenation: output arrives in MiB chunks
             await writer.drain()
 
         frame = await frames.read_frame(reader)

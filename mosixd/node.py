@@ -42,6 +42,7 @@ SERVER_OPTIONS = [
     # Two daemons must never share a port silently.
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.max_frame_size", 4 * 1024 * 1024),
 ]
 
 

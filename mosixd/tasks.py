@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
@@ -33,7 +34,8 @@ from mosrun import frames
 log = logging.getLogger("mosixd.tasks")
 
 RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
-CHUNK = 256 * 1024
+CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20       # bigger pipes: fewer, larger chunks on the way home
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
 USAGE_EVERY = 2.0
 DRAIN_AFTER_EXIT = 5.0    # orphans may hold the pipes open; don't wait for them forever
@@ -285,9 +287,9 @@ class TaskTable:
         else:
             args = list(spec.argv)
             cwd = Path(spec.cwd) if os.path.isdir(spec.cwd) else scratch
-        stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
+        stdin_r, stdin_w = _pipe()
+        stdout_r, stdout_w = _pipe()
+        stderr_r, stderr_w = _pipe()
         child_fds, ours = [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
         control = None
         if spec.python:
@@ -322,6 +324,13 @@ class TaskTable:
         if spec.uid != os.geteuid():
             raise SpawnError(f"this daemon runs as uid {os.geteuid()} and cannot run tasks of {spec.user}")
         return {}
+
+
+def _pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):  # Linux only; the default still works
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end
 
 
 async def _streams(stdin_fd: int, stdout_fd: int, stderr_fd: int) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:

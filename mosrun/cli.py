@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -31,6 +32,8 @@ SYSTEM_SESSION = "/run/mosix/mosrun.sock"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 OUT_HIGH_WATER = 1 << 20   # stop reading stdin while this much is waiting to reach the daemon
 STDIN_WINDOW = 1 << 20     # at most this much stdin not yet written into the task
+SOCKET_BUFFER = 4 << 20    # big socket buffers: task output arrives in MiB chunks
+RECV_SIZE = 4 << 20
 STDIN_CHUNK = 64 * 1024
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
@@ -221,7 +224,8 @@ def fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write everything, waiting while a non-blocking stdout is full."""
     view = memoryview(data)
     while view:
         try:
@@ -229,10 +233,7 @@ def write_all(fd: int, data: bytes) -> None:
         except BrokenPipeError:
             return  # the reader went away, as it may for a local program too
         except BlockingIOError:
-            selectors.DefaultSelector().register(fd, selectors.EVENT_WRITE).fileobj  # pragma: no cover
-            import time
-
-            time.sleep(0.001)
+            select.select([], [fd], [], 1.0)
 
 
 class Session:
@@ -241,6 +242,8 @@ class Session:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.sel = selectors.DefaultSelector()
@@ -335,7 +338,7 @@ class Session:
 
     def _receive(self) -> None:
         try:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return
         except ConnectionResetError:
@@ -343,26 +346,32 @@ class Session:
         if not data:
             fail("the home daemon closed the session (was it stopped?)", EXIT_LOST)
         self.inbuf += data
-        while len(self.inbuf) >= frames.PREFIX.size:
-            head_len, payload_len = frames.check_sizes(bytes(self.inbuf[:frames.PREFIX.size]))
-            end = frames.PREFIX.size + head_len + payload_len
-            if len(self.inbuf) < end:
-                return
-            header = frames.decode_header(bytes(self.inbuf[frames.PREFIX.size:frames.PREFIX.size + head_len]))
-            payload = bytes(self.inbuf[frames.PREFIX.size + head_len:end])
-            del self.inbuf[:end]
-            self._handle(header, payload)
-            if self.status is not None:
-                return
+        view = memoryview(self.inbuf)
+        start, prefix = 0, frames.PREFIX.size
+        try:
+            # Parse in place: payloads are handed on as memoryviews, not copied.
+            while len(view) - start >= prefix:
+                head_len, payload_len = frames.check_sizes(view[start:start + prefix])
+                end = start + prefix + head_len + payload_len
+                if len(view) < end:
+                    break
+                header = frames.decode_header(view[start + prefix:start + prefix + head_len].tobytes())
+                self._handle(header, view[start + prefix + head_len:end])
+                start = end
+                if self.status is not None:
+                    break
+        finally:
+            view.release()
+        del self.inbuf[:start]
 
-    def _handle(self, header: dict[str, Any], payload: bytes) -> None:
+    def _handle(self, header: dict[str, Any], payload: memoryview) -> None:
         kind = header["t"]
         if kind == "stdout":
             write_all(1, payload)
         elif kind == "stderr":
             write_all(2, payload)
         elif kind == "proxy":
-            self._proxy(payload)
+            self._proxy(payload.tobytes())
         elif kind == "stdin_ack":
             self.stdin_in_flight -= int(header.get("n", 0))
         elif kind == "exit":

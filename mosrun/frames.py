@@ -24,12 +24,17 @@ class ProtocolError(Exception):
     """A frame that breaks the format (sizes, JSON, missing type)."""
 
 
+def encode_head(header: dict[str, Any], payload_size: int) -> bytes:
+    """A frame without its payload, for writers that send the payload separately (no copy)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if len(head) > MAX_HEADER or payload_size > MAX_PAYLOAD:
+        raise ProtocolError(f"frame too large ({len(head)} + {payload_size} bytes)")
+    return PREFIX.pack(len(head), payload_size) + head
+
+
 def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
     """One frame as bytes."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    if len(head) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(f"frame too large ({len(head)} + {len(payload)} bytes)")
-    return PREFIX.pack(len(head), len(payload)) + head + payload
+    return encode_head(header, len(payload)) + payload
 
 
 def decode_header(raw: bytes) -> dict[str, Any]:
@@ -42,7 +47,7 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def check_sizes(prefix: bytes) -> tuple[int, int]:
+def check_sizes(prefix: bytes | memoryview) -> tuple[int, int]:
     head_len, payload_len = PREFIX.unpack(prefix)
     if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
         raise ProtocolError(f"frame too large ({head_len} + {payload_len} bytes)")

@@ -18,8 +18,10 @@ import errno
 import os
 import sys
 
-_ENV = ("MOSIX_RUNTIME_FD", "MOSIX_HOME_CWD", "MOSIX_PROGRAM", "MOSIX_STDOUT_TTY",
-        "MOSIX_STDERR_TTY", "MOSIX_TASK_ID", "MOSIX_HOME_NODE", "MOSIX_NODE")
+# The runtime's plumbing, removed from the program's environment. MOSIX_TASK_ID,
+# MOSIX_HOME_NODE and MOSIX_NODE stay visible, as they do for non-Python tasks.
+_PLUMBING = ("MOSIX_RUNTIME_FD", "MOSIX_HOME_CWD", "MOSIX_PROGRAM", "MOSIX_STDOUT_TTY", "MOSIX_STDERR_TTY")
+_VISIBLE = ("MOSIX_TASK_ID", "MOSIX_HOME_NODE", "MOSIX_NODE")
 
 
 def _die(message: str) -> None:
@@ -180,7 +182,8 @@ def _setup(here: str) -> tuple[dict[str, str], str, str, list[str]]:
     fd = os.environ.get("MOSIX_RUNTIME_FD", "")
     if not fd.isdigit():
         _die("MOSIX_RUNTIME_FD is not set: this program is started by mosixd to run a task")
-    env = {key: os.environ.pop(key) for key in _ENV if key in os.environ}
+    env = {key: os.environ.pop(key) for key in _PLUMBING if key in os.environ}
+    env.update((key, os.environ[key]) for key in _VISIBLE if key in os.environ)
     home_cwd = env.get("MOSIX_HOME_CWD", "")
     if not home_cwd.startswith("/"):
         _die("MOSIX_HOME_CWD is not an absolute path")

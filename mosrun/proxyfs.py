@@ -200,7 +200,7 @@ roots: tuple[str, ...] = ()    # home directory prefixes, each ending in "/"
 local: tuple[str, ...] = ()    # prefixes that stay local even under a home root
 fds: dict[int, tuple[int, bool]] = {}   # placeholder descriptor -> (home handle, seekable)
 index: dict[str, Any] = {}     # import finder: home directory -> {module name: kind}
-task_env: dict[str, str] = {}  # the MOSIX_* variables the daemon passed (removed from environ)
+task_env: dict[str, str] = {}  # the MOSIX_* variables the daemon passed (plumbing removed from environ)
 
 
 def prefix(path: str) -> str:

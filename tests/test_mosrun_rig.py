@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -151,10 +152,15 @@ def test_eight_launches_at_once_spread_four_and_four(tmp_path: Path) -> None:
         rig.stop()
 
 
-def test_readme_style_ephemeral_run(tmp_path: Path) -> None:
+def test_readme_main_command_runs_the_example_on_an_ephemeral_cluster(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "pi.py"
     env = dict(os.environ, MOSIX_RUNTIME_DIR=str(tmp_path / "rt"))
     env.pop("MOSIX_NODE", None)
-    out = subprocess.run([str(BIN / "mosrun"), "--local", "2", "-r", "n2", "sh", "-c", "echo $MOSIX_NODE"],
-                         capture_output=True, env=env, timeout=90)
-    assert (out.returncode, out.stdout) == (0, b"n2\n"), out.stderr
-    assert not (tmp_path / "rt" / "local.json").exists()
+    out = subprocess.run([str(BIN / "mosrun"), "--local", "3", sys.executable, str(example), "--samples", "40000"],
+                         capture_output=True, env=env, cwd=tmp_path, timeout=90)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 5 and lines[-1].startswith("pi ~ 3.1")
+    assert lines[-1].endswith(("(computed on n1)", "(computed on n2)", "(computed on n3)"))
+    assert json.loads((tmp_path / "out" / "pi.json").read_text())["samples"] == 40000
+    assert not (tmp_path / "rt" / "local.json").exists(), "the ephemeral cluster is gone afterwards"
