@@ -86,21 +86,18 @@ class MigrationPlan:
 @dataclass(frozen=True, slots=True)
 class ReserveTarget:
     """Ask the target to hold room for the task (it may refuse)."""
-
     plan: MigrationPlan
 
 
 @dataclass(frozen=True, slots=True)
 class RequestFreeze:
     """Ask the task to stop at its next safe point and produce its checkpoint."""
-
     task_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class SendChunk:
     """Send bytes [offset, offset + size) of the checkpoint to the target."""
-
     offset: int
     size: int
 
@@ -108,7 +105,6 @@ class SendChunk:
 @dataclass(frozen=True, slots=True)
 class FinishTransfer:
     """All ``total`` bytes are acknowledged; the adapter adds the checksum."""
-
     total: int
 
 
@@ -125,7 +121,6 @@ class EndSourceCopy:
 @dataclass(frozen=True, slots=True)
 class ResumeSource:
     """Let the task go on where it was (cancelling a pending freeze)."""
-
     reason: str
 
 
@@ -137,14 +132,12 @@ class ReleaseTarget:
 @dataclass(frozen=True, slots=True)
 class NotifyHome:
     """Tell the home node where the task runs now."""
-
     new_node: str
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     """The end of the move, in words for the user (``ok`` false: it stayed put)."""
-
     outcome: str
     ok: bool
 
@@ -153,8 +146,14 @@ Action = (ReserveTarget | RequestFreeze | SendChunk | FinishTransfer | StartOnTa
           | EndSourceCopy | ResumeSource | ReleaseTarget | NotifyHome | Report)
 
 _FINAL = (MigrationState.DONE, MigrationState.ABORTED)
-_ACTIVE = (MigrationState.RESERVING, MigrationState.FREEZING,
-           MigrationState.TRANSFERRING, MigrationState.STARTING)
+# The states that wait for someone: the plan's timeout that bounds the wait, and how
+# to tell the user it ran out.
+_STEPS = {
+    MigrationState.RESERVING: ("reserve_timeout", "target {target} did not answer"),
+    MigrationState.FREEZING: ("freeze_timeout", "the task reached no safe point"),
+    MigrationState.TRANSFERRING: ("transfer_timeout", "the transfer to {target} stalled"),
+    MigrationState.STARTING: ("start_timeout", "target {target} did not confirm the start"),
+}
 
 
 class Migration:
@@ -170,7 +169,6 @@ class Migration:
         self._total = 0
         self._next = 0  # offset of the next chunk to send
         self._in_flight: dict[int, int] = {}  # offset -> size, sent and not acknowledged
-        self._unacked = 0
         self._acked = 0
         self._frozen_at: float | None = None
         self._started_at: float | None = None
@@ -239,7 +237,7 @@ class Migration:
         return self._abort(f"target {self.plan.target} refused: {reason}", now)
 
     def frozen(self, checkpoint_size: int, now: float) -> list[Action]:
-        """The task stopped at a safe point and its checkpoint is ``checkpoint_size`` bytes."""
+        """The task stopped at a safe point; its checkpoint is ``checkpoint_size`` bytes."""
         if checkpoint_size < 0:
             raise ValueError(f"checkpoint size {checkpoint_size} < 0")
         if self._state is not MigrationState.FREEZING:
@@ -261,7 +259,6 @@ class Migration:
                 or self._in_flight.get(offset) != size):
             return []  # duplicate, stale, or for a chunk never sent
         del self._in_flight[offset]
-        self._unacked -= size
         self._acked += size
         self._clock = now  # progress: the stall deadline starts again
         return self._pump(now)
@@ -278,7 +275,7 @@ class Migration:
 
     def target_failed(self, reason: str, now: float) -> list[Action]:
         """The target gave up (could not store or start the task)."""
-        if self._state not in _ACTIVE:
+        if self._state not in _STEPS:
             return []
         return self._abort(f"target {self.plan.target} failed: {reason}", now)
 
@@ -302,23 +299,15 @@ class Migration:
         deadline = self.deadline
         if deadline is None or now < deadline:
             return []
-        p, limit = self.plan, self._limit()
-        what = {
-            MigrationState.RESERVING: f"target {p.target} did not answer the reservation",
-            MigrationState.FREEZING: "the task reached no safe point",
-            MigrationState.TRANSFERRING: f"the transfer to {p.target} stalled",
-            MigrationState.STARTING: f"target {p.target} did not confirm the start",
-        }[self._state]
-        return self._abort(f"{what} within {limit:g}s", now)
+        attr, what = _STEPS[self._state]
+        why = what.format(target=self.plan.target)
+        return self._abort(f"{why} within {getattr(self.plan, attr):g}s", now)
 
     # --- inside ----------------------------------------------------------------------
 
     def _limit(self) -> float | None:
-        p = self.plan
-        return {MigrationState.RESERVING: p.reserve_timeout,
-                MigrationState.FREEZING: p.freeze_timeout,
-                MigrationState.TRANSFERRING: p.transfer_timeout,
-                MigrationState.STARTING: p.start_timeout}.get(self._state)
+        step = _STEPS.get(self._state)
+        return None if step is None else getattr(self.plan, step[0])
 
     def _enter(self, state: MigrationState, now: float) -> None:
         self._state = state
@@ -331,10 +320,10 @@ class Migration:
         out: list[Action] = []
         while self._next < self._total:
             size = min(self.plan.chunk_size, self._total - self._next)
-            if self._in_flight and self._unacked + size > self.plan.window:
+            # Bytes in flight are those sent (up to _next) and not yet acknowledged.
+            if self._in_flight and self._next - self._acked + size > self.plan.window:
                 break
             self._in_flight[self._next] = size
-            self._unacked += size
             out.append(SendChunk(self._next, size))
             self._next += size
         if self._acked == self._total:
@@ -344,7 +333,6 @@ class Migration:
 
     def _abort(self, why: str, now: float) -> list[Action]:
         self._outcome = f"{self.plan.task_id} stays on {self.plan.source}: {why}"
-        self._in_flight.clear()
         self._enter(MigrationState.ABORTED, now)
         out: list[Action] = [ResumeSource(why)]
         if self._reserve_asked:
