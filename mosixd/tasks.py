@@ -57,8 +57,8 @@ class HostedTask:
     spec: pb.TaskSpec
     pid: int
     stdin: asyncio.StreamWriter
-    stdout: asyncio.StreamReader
-    stderr: asyncio.StreamReader
+    stdout: int                              # our non-blocking read ends of the task's pipes
+    stderr: int
     exited: asyncio.Future[int]
     scratch: Path
     local: bool
@@ -173,9 +173,26 @@ class TaskTable:
             writer.close()
         shutil.rmtree(task.scratch, ignore_errors=True)
 
-    async def _pump(self, stream: asyncio.StreamReader, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
-        while chunk := await stream.read(CHUNK):
-            await events.put(pb.HostEvent(**{kind: chunk}))
+    async def _pump(self, fd: int, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        """Forward a pipe of the task; read directly (one copy), not through a StreamReader."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    readable = loop.create_future()
+                    loop.add_reader(fd, readable.set_result, None)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(fd)
+                    continue
+                if not chunk:
+                    return
+                await events.put(pb.HostEvent(**{kind: chunk}))
+        finally:
+            os.close(fd)
 
     async def _proxy_requests(self, task: HostedTask, reader: asyncio.StreamReader,
                               events: asyncio.Queue[pb.HostEvent | None]) -> None:
@@ -333,14 +350,12 @@ def _pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-async def _streams(stdin_fd: int, stdout_fd: int, stderr_fd: int) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
-    """Our ends of the child's pipes as asyncio streams (stdin writes honour flow control)."""
+async def _streams(stdin_fd: int, stdout_fd: int, stderr_fd: int) -> tuple[asyncio.StreamWriter, int, int]:
+    """Our ends of the child's pipes: stdin as an asyncio stream (writes honour flow control),
+    stdout and stderr as non-blocking fds for the pumps."""
     loop = asyncio.get_running_loop()
-    readers = []
     for fd in (stdout_fd, stderr_fd):
-        reader = asyncio.StreamReader(limit=4 * CHUNK)
-        await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), os.fdopen(fd, "rb", buffering=0))
-        readers.append(reader)
+        os.set_blocking(fd, False)
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(stdin_fd, "wb", buffering=0))
-    return asyncio.StreamWriter(transport, protocol, None, loop), readers[0], readers[1]
+    return asyncio.StreamWriter(transport, protocol, None, loop), stdout_fd, stderr_fd
