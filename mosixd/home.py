@@ -31,6 +31,8 @@ import grpc
 import grpc.aio
 
 from mosixd.gossip import NodeState
+from mosixd.migration import (EndSourceCopy, Migration, MigrationPlan, ReleaseTarget, Report, RequestFreeze,
+                              ReserveTarget, ResumeSource, SendChunk, StartOnTarget)
 from mosixd.policy import JobRequest, NoRoom
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mosixd.home")
 
+# A stream whose peer died fails with either, depending on when the failure is noticed.
+CALL_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
@@ -64,6 +68,22 @@ class TaskRecord:
     pid: int = 0
     cpu: float = 0.0
     rss: int = 0
+
+
+@dataclass
+class LiveTask:
+    """A running task's session at home: which stream and node it is on now."""
+
+    spec: pb.TaskSpec
+    record: TaskRecord
+    call: grpc.aio.StreamStreamCall
+    node_id: str
+    movable: bool = False
+    # While a move is under way: what the source sends about it, and the stream to switch to
+    # once the source copy has ended.
+    move_events: asyncio.Queue[pb.HostEvent | None] | None = None
+    switch_to: tuple[grpc.aio.StreamStreamCall, str] | None = None
+    freezes: int = 0
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -122,6 +142,7 @@ class HomeSessions:
         self._server: asyncio.base_events.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.records: dict[str, TaskRecord] = {}
+        self.live: dict[str, LiveTask] = {}
 
     async def start(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -179,15 +200,19 @@ class HomeSessions:
             record = self.records[task_id] = TaskRecord(
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send)
+            live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
             try:
                 record.state, record.where = "running", node_id
-                await self._relay(spec, record, call, reader, send)
+                await self._relay(live, reader, send)
             finally:
-                call.cancel()
+                live.call.cancel()
+                if live.switch_to:
+                    live.switch_to[0].cancel()
         except LaunchError as exc:
             await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
         finally:
             self.records.pop(task_id, None)
+            self.live.pop(task_id, None)
 
     async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
                       send: Any) -> tuple[grpc.aio.StreamStreamCall, str]:
@@ -246,12 +271,145 @@ class HomeSessions:
             refusals.update(exc.reasons)
             return []
 
-    async def _relay(self, spec: pb.TaskSpec, record: TaskRecord, call: grpc.aio.StreamStreamCall,
-                     reader: asyncio.StreamReader, send: Any) -> None:
-        upstream = asyncio.create_task(self._from_mosrun(reader, call))
+    async def migrate(self, task_id: str, target: str, uid: int) -> pb.MigrateReply:
+        """Move one of this node's tasks to ``target`` (a node id, "home" or "balance")."""
+        live = self.live.get(task_id)
+        if live is None:
+            return pb.MigrateReply(ok=False, message=f"no running task {task_id} has its home on {self._node.node_id}")
+        if uid not in (0, live.spec.uid):
+            return pb.MigrateReply(ok=False, message=f"only the owner of task {task_id} ({live.spec.user}) or root may move it")
+        if live.move_events is not None:
+            return pb.MigrateReply(ok=False, message=f"task {task_id} is already moving")
+        if not live.movable:
+            return pb.MigrateReply(ok=False, node=live.node_id, message=(
+                f"task {task_id} cannot move: it has no safe points (a Python task must call mosrun.resumable())"))
+        try:
+            target_id, address = self._move_target(live, target)
+        except LaunchError as exc:
+            return pb.MigrateReply(ok=False, node=live.node_id, message=str(exc))
+        if target_id == live.node_id:
+            return pb.MigrateReply(ok=True, node=live.node_id, message=f"task {task_id} already runs on {target_id}")
+        live.move_events = asyncio.Queue()
+        try:
+            return await self._move(live, target_id, address)
+        finally:
+            live.move_events = None
+
+    def _move_target(self, live: LiveTask, target: str) -> tuple[str, str]:
+        views = self._node.cluster_view()
+        if target == "home":
+            return views[0].id, views[0].address
+        if target == "balance":
+            job = JobRequest(memory_mb=live.spec.memory_mb, python=live.spec.python_version)
+            try:
+                best = self._node.placement.rank(views, job, self._node.now(), exclude=[live.node_id])[0]
+            except NoRoom as exc:
+                raise LaunchError(f"no other node can take task {live.spec.task_id} ({exc.reasons})") from None
+            return best.node_id, best.address
+        view = next((v for v in views if v.id == target or v.address == target), None)
+        if view is None:
+            raise LaunchError(f"unknown node {target!r} (known: {', '.join(v.id for v in views)})")
+        if view.state is not NodeState.UP:
+            raise LaunchError(f"node {view.id} is {view.state.value}")
+        return view.id, view.address
+
+    async def _move(self, live: LiveTask, target_id: str, address: str) -> pb.MigrateReply:
+        """Drive one move with the Migration state machine; the task keeps running on any failure."""
+        assert live.move_events is not None
+        plan = MigrationPlan(task_id=live.spec.task_id, source=live.node_id, target=target_id,
+                             reason="manual", home=self._node.node_id)
+        machine = Migration(plan, self._node.now())
+        spec = pb.TaskSpec()
+        spec.CopyFrom(live.spec)
+        spec.epoch += 1
+        live.freezes += 1
+        freeze_id = live.freezes
+        new_call: grpc.aio.StreamStreamCall | None = None
+        outcome, ok, frozen_asked = "", False, False
+        pending = machine.start(self._node.now())
+        while True:
+            while pending:
+                action = pending.pop(0)
+                now = self._node.now()
+                if isinstance(action, ReserveTarget):
+                    new_call = rpc.HostStub(self._node.channel(address)).Execute()
+                    pending += await self._reserve(machine, new_call, spec, plan.reserve_timeout)
+                elif isinstance(action, RequestFreeze):
+                    frozen_asked = True
+                    await self._to_task(live, pb.HomeMessage(freeze=freeze_id))
+                elif isinstance(action, SendChunk):
+                    pending += machine.chunk_acked(action.offset, action.size, now)  # relayed as it came
+                elif isinstance(action, StartOnTarget) and new_call is not None:
+                    pending += await self._start_moved(machine, new_call, spec, plan.start_timeout)
+                elif isinstance(action, EndSourceCopy) and new_call is not None:
+                    live.switch_to = (new_call, target_id)
+                    await self._to_task(live, pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
+                elif isinstance(action, ResumeSource) and frozen_asked:
+                    with contextlib.suppress(*CALL_ERRORS):
+                        await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+                elif isinstance(action, ReleaseTarget) and new_call is not None and live.switch_to is None:
+                    new_call.cancel()
+                elif isinstance(action, Report):
+                    outcome, ok = action.outcome, action.ok
+            if machine.finished:
+                break
+            timeout = max(0.01, (machine.deadline or self._node.now() + 1.0) - self._node.now())
+            try:
+                event = await asyncio.wait_for(live.move_events.get(), timeout)
+            except TimeoutError:
+                pending += machine.tick(self._node.now())
+                continue
+            now = self._node.now()
+            kind = event.WhichOneof("kind") if event is not None else None
+            if kind is None:
+                pending += machine.peer_lost(live.node_id, now)
+            elif kind == "checkpoint" and new_call is not None:
+                try:
+                    await new_call.write(pb.HomeMessage(checkpoint=event.checkpoint))
+                except CALL_ERRORS:
+                    pending += machine.peer_lost(target_id, now)
+            elif kind == "frozen":
+                pending += machine.frozen(event.frozen, now)
+            elif kind == "freeze_failed":
+                pending += machine.freeze_failed(event.freeze_failed, now)
+        log.info("%s", outcome)
+        return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
+                               freeze_seconds=machine.freeze_duration or 0.0)
+
+    @staticmethod
+    async def _reserve(machine: Migration, call: grpc.aio.StreamStreamCall, spec: pb.TaskSpec,
+                       timeout: float) -> list[Any]:
+        try:
+            await call.write(pb.HomeMessage(reserve=spec))
+            event = await asyncio.wait_for(call.read(), timeout)
+        except (*CALL_ERRORS, TimeoutError) as exc:
+            return machine.target_refused(f"unreachable ({exc!r})", time.monotonic())
+        kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
+        if kind == "reserved":
+            return machine.target_reserved(time.monotonic())
+        return machine.target_refused(event.refused.reason if kind == "refused" else "closed the stream",
+                                      time.monotonic())
+
+    @staticmethod
+    async def _start_moved(machine: Migration, call: grpc.aio.StreamStreamCall, spec: pb.TaskSpec,
+                           timeout: float) -> list[Any]:
+        try:
+            await call.write(pb.HomeMessage(start=spec))
+            event = await asyncio.wait_for(call.read(), timeout)
+        except (*CALL_ERRORS, TimeoutError) as exc:
+            return machine.target_failed(f"no confirmation ({exc!r})", time.monotonic())
+        kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
+        if kind == "started":
+            return machine.target_started(time.monotonic())
+        return machine.target_failed(event.refused.reason if kind == "refused" else "closed the stream",
+                                     time.monotonic())
+
+    async def _relay(self, live: LiveTask, reader: asyncio.StreamReader, send: Any) -> None:
+        upstream = asyncio.create_task(self._from_mosrun(reader, live))
+        record, spec = live.record, live.spec
         try:
             while True:
-                read = asyncio.ensure_future(call.read())
+                read = asyncio.ensure_future(live.call.read())
                 await asyncio.wait({read, upstream}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
                     read.cancel()
@@ -259,11 +417,19 @@ class HomeSessions:
                 try:
                     event = read.result()
                 except grpc.aio.AioRpcError as exc:
+                    if live.move_events is not None:
+                        live.move_events.put_nowait(None)  # the source is lost mid-move
+                    if live.switch_to is not None:
+                        self._switch(live)  # the source died after the target took over
+                        continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} running task {spec.task_id} was lost "
                                            f"({exc.code().name.lower()})"})
                     return
                 if event is grpc.aio.EOF:
+                    if live.switch_to is not None:
+                        self._switch(live)
+                        continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
                     return
@@ -274,29 +440,60 @@ class HomeSessions:
                     await send({"t": "stdin_ack", "n": event.stdin_ack})
                 elif kind == "usage":
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
+                elif kind == "movable":
+                    live.movable = True
+                elif kind in ("checkpoint", "frozen", "freeze_failed"):
+                    if live.move_events is not None:
+                        await live.move_events.put(event)
                 elif kind == "exited":
+                    if live.switch_to is not None:
+                        self._switch(live)  # the copy that moved away ended; go on with the new one
+                        continue
                     await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
                     return
         finally:
             upstream.cancel()
 
-    async def _from_mosrun(self, reader: asyncio.StreamReader, call: grpc.aio.StreamStreamCall) -> None:
+    @staticmethod
+    def _switch(live: LiveTask) -> None:
+        """After a move: all output of the old copy has been relayed; follow the new one."""
+        assert live.switch_to is not None
+        live.call.cancel()
+        live.call, live.node_id = live.switch_to
+        live.record.where = live.node_id
+        live.switch_to = None
+
+    async def _from_mosrun(self, reader: asyncio.StreamReader, live: LiveTask) -> None:
         """stdin, signals and proxy replies from the user's side to the task."""
         try:
             while (frame := await frames.read_frame(reader)) is not None:
                 header, payload = frame
                 kind = header["t"]
                 if kind == "stdin":
-                    await call.write(pb.HomeMessage(stdin=payload))
+                    await self._to_task(live, pb.HomeMessage(stdin=payload))
                 elif kind == "stdin_eof":
-                    await call.write(pb.HomeMessage(stdin_eof=True))
+                    await self._to_task(live, pb.HomeMessage(stdin_eof=True))
                 elif kind == "signal":
-                    await call.write(pb.HomeMessage(signal=int(header["sig"])))
+                    await self._to_task(live, pb.HomeMessage(signal=int(header["sig"])))
                 elif kind == "proxy":
-                    await call.write(pb.HomeMessage(proxy=payload))
+                    await self._to_task(live, pb.HomeMessage(proxy=payload))
         except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
             log.warning("session of a task broke: %s", exc)
         except grpc.aio.AioRpcError:
             # The host side failed; the relay reports it. Keep waiting for mosrun to leave.
             await reader.read()
         # Returning tells the relay that mosrun is gone (or broke the protocol).
+
+    @staticmethod
+    async def _to_task(live: LiveTask, message: pb.HomeMessage) -> None:
+        """Write to the task's current stream; after a move, to the copy that took over."""
+        call = live.call
+        try:
+            await call.write(message)
+        except CALL_ERRORS:
+            if live.switch_to is not None:
+                await live.switch_to[0].write(message)
+            elif live.call is not call:
+                await live.call.write(message)
+            else:
+                raise

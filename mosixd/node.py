@@ -134,6 +134,19 @@ class NodeDaemon:
                 command=r.command, pid=r.pid)
         return sorted(infos.values(), key=lambda i: i.started)
 
+    async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply:
+        """Move a task: done by its home node (named by the task id), so forward if need be."""
+        home = request.task_id.split(".", 1)[0]
+        if home == self.node_id or not home:
+            return await self.home.migrate(request.task_id, request.target, request.uid)
+        view = next((v for v in self.cluster_view() if v.id == home), None)
+        if view is None or view.state is NodeState.DOWN:
+            return pb.MigrateReply(ok=False, message=f"the home node {home} of task {request.task_id} is not reachable")
+        try:
+            return await rpc.AdminStub(self.channel(view.address)).Migrate(request, timeout=120)
+        except grpc.aio.AioRpcError as exc:
+            return pb.MigrateReply(ok=False, message=f"home node {home}: {exc.details()}")
+
     def _own(self) -> NodeView:
         return self.view.view(self._clock())[0]
 

@@ -11,7 +11,8 @@ where d(r) is what the job uses of r. A busy resource is dearer than the same sh
 idle one, CPU and memory trade on one scale, and a bigger or faster machine is cheaper.
 
 Nothing here reads a clock or the network: callers pass ``now`` and the gossip view, so a
-simulator drives the same functions as the daemon.
+simulator drives the same functions as the daemon. Moving tasks that already run is
+decided in ``mosixd.rebalance`` with the same cost functions.
 """
 
 from __future__ import annotations
@@ -168,20 +169,21 @@ class Placement:
         self._held: dict[int, _Reservation] = {}
 
     def rank(self, nodes: list[NodeView], job: JobRequest, now: float, *,
-             exclude: Iterable[str] = ()) -> list[Choice]:
+             exclude: Iterable[str] = (),
+             extra: dict[str, tuple[float, int]] | None = None) -> list[Choice]:
         """Eligible nodes, lowest marginal cost first; raises NoRoom if there is none.
 
         Eligible: up (not down nor blocked), not in ``exclude``, the same major.minor Python
         when ``job.python`` is set, and enough free memory after this home's reservations.
+        ``extra``: CPU and memory (bytes) to count on nodes besides the reservations, e.g.
+        tasks on their way there.
         """
         excluded = set(exclude)
-        live = sum(1 for node in nodes if node.state is not NodeState.DOWN)
-        a = self.base if self.base is not None else cost_base(live)
-        held: dict[str, tuple[float, int]] = {}
-        for r in self._held.values():
-            if now < r.made + self.reservation_ttl:
-                cpu, mem = held.get(r.node_id, (0.0, 0))
-                held[r.node_id] = (cpu + r.cpu, mem + r.memory)
+        a = self.base_for(nodes)
+        held = self.held(now)
+        for node_id, (cpu, mem) in (extra or {}).items():
+            cpu_held, mem_held = held.get(node_id, (0.0, 0))
+            held[node_id] = (cpu_held + cpu, mem_held + mem)
         ranked: list[tuple[float, float, Choice]] = []
         reasons: dict[str, str] = {}
         for node in nodes:
@@ -207,6 +209,23 @@ class Placement:
             raise NoRoom(reasons)
         ranked.sort(key=lambda item: (item[0], item[1]))
         return [choice for _, _, choice in ranked]
+
+    def base_for(self, nodes: list[NodeView]) -> float:
+        """The base ``a`` costs are priced with: the fixed base, else ``cost_base`` of the
+        number of nodes not down."""
+        if self.base is not None:
+            return self.base
+        return cost_base(sum(1 for node in nodes if node.state is not NodeState.DOWN))
+
+    def held(self, now: float) -> dict[str, tuple[float, int]]:
+        """CPU (standard CPUs) and memory (bytes) this placement has reserved on each node
+        and still counts at ``now``."""
+        held: dict[str, tuple[float, int]] = {}
+        for r in self._held.values():
+            if now < r.made + self.reservation_ttl:
+                cpu, mem = held.get(r.node_id, (0.0, 0))
+                held[r.node_id] = (cpu + r.cpu, mem + r.memory)
+        return held
 
     def reserve(self, node_id: str, job: JobRequest, now: float) -> int:
         """Count ``job`` on ``node_id`` until gossip confirms it; returns the reservation id."""

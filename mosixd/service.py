@@ -44,6 +44,9 @@ class AdminService(rpc.AdminServicer):
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.TaskList:
         return pb.TaskList(node_id=self._node.node_id, tasks=self._node.task_list())
 
+    async def Migrate(self, request: pb.MigrateRequest, context: grpc.aio.ServicerContext) -> pb.MigrateReply:
+        return await self._node.migrate(request)
+
 
 class HostService(rpc.HostServicer):
     """Runs tasks for their home nodes."""

@@ -25,7 +25,6 @@ from mosrun import frames
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
-CONTROL_FD_ENV = "MOSIX_RUNTIME_FD"
 
 
 class SpawnFailed(OSError):
@@ -69,16 +68,18 @@ def _serve(sock: socket.socket) -> None:
 
 def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int], children: dict[int, subprocess.Popen[bytes]]) -> None:
     env = dict(req["env"])
-    stdin, stdout, stderr, *control = fds
-    if control:
-        env[CONTROL_FD_ENV] = str(control[0])
+    stdin, stdout, stderr, *extra = fds
+    # Extra fds (the runtime's channels) keep the numbers they got here; their environment
+    # variables say which is which.
+    for name, fd in zip(req.get("fd_env", []), extra):
+        env[str(name)] = str(fd)
     kwargs: dict[str, Any] = {}
     if req.get("user") is not None:
         kwargs.update(user=req["user"], group=req["group"], extra_groups=req["groups"])
     try:
         proc = subprocess.Popen(
             req["args"], executable=req["executable"], stdin=stdin, stdout=stdout, stderr=stderr,
-            cwd=req["cwd"], env=env, start_new_session=True, umask=req["umask"], pass_fds=control, **kwargs)
+            cwd=req["cwd"], env=env, start_new_session=True, umask=req["umask"], pass_fds=extra, **kwargs)
     except OSError as exc:
         reply: dict[str, Any] = {"t": "spawned", "id": req["id"], "errno": exc.errno, "strerror": exc.strerror}
     else:
@@ -124,13 +125,14 @@ class Spawner:
         asyncio.get_running_loop().add_reader(ours, self._on_readable)
 
     async def spawn(self, *, args: list[str], executable: str, cwd: str, env: dict[str, str], umask: int,
-                    identity: dict[str, Any], fds: list[int]) -> int:
-        """Start a program with the given stdin/stdout/stderr(/control) fds; returns its pid."""
+                    identity: dict[str, Any], fds: list[int], fd_env: tuple[str, ...] = ()) -> int:
+        """Start a program with stdin, stdout, stderr and extra fds (each named by the
+        environment variable in ``fd_env``); returns its pid."""
         assert self._sock is not None, "spawner not started"
         self._ids += 1
         request = {"t": "spawn", "id": self._ids, "args": args, "executable": executable, "cwd": cwd,
                    "env": env, "umask": umask, "user": identity.get("user"), "group": identity.get("group"),
-                   "groups": identity.get("extra_groups", [])}
+                   "groups": identity.get("extra_groups", []), "fd_env": list(fd_env)}
         future = self._pending[self._ids] = asyncio.get_running_loop().create_future()
         socket.send_fds(self._sock, [frames.encode(request)], fds)
         reply = await future

@@ -63,6 +63,11 @@ class HostedTask:
     scratch: Path
     local: bool
     control: socket.socket | None = None     # our end of the runtime's socket (Python tasks)
+    ctl: socket.socket | None = None         # our end of its control socket (checkpoints)
+    ctl_writer: asyncio.StreamWriter | None = None
+    movable: bool = False                    # it called resumable(): it has safe points
+    pending_freeze: int = 0                  # a freeze asked for before it was movable
+    restore: Path | None = None              # the checkpoint it was started from
     events: asyncio.Queue[pb.HostEvent | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))  # what goes home
     started: float = field(default_factory=time.time)
@@ -114,10 +119,11 @@ class TaskTable:
         lands on whatever this awaits, so the cleanup that ends the task runs at once.
         """
         first = await anext(aiter(requests), None)
-        if first is None or first.WhichOneof("kind") != "start":
-            await send(_refused("the first message on a task stream must start the task", retry=False))
+        kind = first.WhichOneof("kind") if first is not None else None
+        if kind not in ("start", "reserve"):
+            await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
             return
-        spec = first.start
+        spec = first.start if kind == "start" else first.reserve
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
                        max_tasks=self._max_tasks)
@@ -125,16 +131,44 @@ class TaskTable:
             await send(_refused(f"{self.node_id}: {reason}", retry=True))
             return
         self._starting += 1
+        restore: Path | None = None
         try:
-            task = await self._spawn(spec)
+            if kind == "reserve":
+                # A move: hold the room, take the checkpoint, then start from it.
+                await send(pb.HostEvent(reserved=True))
+                restore = self._scratch_root / f"{spec.task_id}.incoming"
+                spec = await self._receive_checkpoint(requests, restore)
+                if spec is None:
+                    return  # the move was called off before the start
+            task = await self._spawn(spec, restore)
         except SpawnError as exc:
             await send(_refused(f"{self.node_id}: {exc}", exc.retry))
             return
         finally:
             self._starting -= 1
+            if restore is not None and (spec is None or not spec.restore):
+                restore.unlink(missing_ok=True)
         self.tasks[spec.task_id] = task
-        log.info("task %s of %s started: pid %d, %s", spec.task_id, spec.home, task.pid, " ".join(spec.argv))
+        log.info("task %s of %s %s: pid %d, %s", spec.task_id, spec.home,
+                 "restored" if restore else "started", task.pid, " ".join(spec.argv))
         await self._run(task, requests, send)
+
+    async def _receive_checkpoint(self, requests: AsyncIterator[pb.HomeMessage], path: Path) -> pb.TaskSpec | None:
+        """Write the checkpoint chunks of a move to ``path`` until the start message comes."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind == "checkpoint":
+                    out.write(message.checkpoint)
+                elif kind == "start":
+                    out.flush()
+                    os.fsync(out.fileno())
+                    spec = message.start
+                    spec.restore = True
+                    return spec
+        path.unlink(missing_ok=True)
+        return None
 
     async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
                    send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
@@ -149,6 +183,9 @@ class TaskTable:
                    asyncio.create_task(self._usage(task, events))]
         if reader is not None:
             helpers.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
+        if task.ctl is not None:
+            ctl_reader, task.ctl_writer = await asyncio.open_unix_connection(sock=task.ctl)
+            helpers.append(asyncio.create_task(self._control_events(task, ctl_reader, events)))
         waiter = asyncio.create_task(self._wait_exit(task, pipes, events))
         try:
             await send(pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid)))
@@ -169,8 +206,11 @@ class TaskTable:
         if not task.exited.done():
             await self._kill(task)
         task.stdin.close()
-        if writer is not None:
-            writer.close()
+        for stream in (writer, task.ctl_writer):
+            if stream is not None:
+                stream.close()
+        if task.restore is not None:
+            task.restore.unlink(missing_ok=True)
         shutil.rmtree(task.scratch, ignore_errors=True)
 
     async def _pump(self, fd: int, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
@@ -201,6 +241,31 @@ class TaskTable:
                 await events.put(pb.HostEvent(proxy=frames.encode(*frame)))
         except (frames.ProtocolError, ConnectionError) as exc:
             log.warning("task %s: broken runtime channel (%s)", task.spec.task_id, exc)
+
+    async def _control_events(self, task: HostedTask, reader: asyncio.StreamReader,
+                              events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        """What the task's runtime says about moving: movable, a checkpoint, or why not."""
+        try:
+            while (frame := await frames.read_frame(reader)) is not None:
+                header = frame[0]
+                if header["t"] == "movable":
+                    task.movable = True
+                    await events.put(pb.HostEvent(movable=True))
+                    if task.pending_freeze and task.ctl_writer is not None:
+                        task.ctl_writer.write(frames.encode({"t": "freeze", "id": task.pending_freeze}))
+                        task.pending_freeze = 0
+                        await task.ctl_writer.drain()
+                elif header["t"] == "freeze_failed":
+                    await events.put(pb.HostEvent(freeze_failed=str(header.get("reason", "unknown"))))
+                elif header["t"] == "checkpoint":
+                    size = left = int(header["size"])
+                    while left:
+                        chunk = await reader.readexactly(min(left, CHUNK))
+                        left -= len(chunk)
+                        await events.put(pb.HostEvent(checkpoint=chunk))
+                    await events.put(pb.HostEvent(frozen=size))
+        except (frames.ProtocolError, ConnectionError, asyncio.IncompleteReadError, KeyError, ValueError) as exc:
+            log.warning("task %s: broken control channel (%s)", task.spec.task_id, exc)
 
     async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
                     control: asyncio.StreamWriter | None, handler: asyncio.Task[object]) -> None:
@@ -245,6 +310,21 @@ class TaskTable:
                     stdin.put_nowait(None)
                 elif kind == "signal":
                     task.signal(message.signal)
+                elif kind == "freeze":
+                    if task.ctl_writer is None:
+                        await task.events.put(pb.HostEvent(
+                            freeze_failed="the task has no safe points (it is not a Python task)"))
+                    elif not task.movable:
+                        # A restored copy announces itself once it reaches resumable(): hold the
+                        # request until then (the move's freeze deadline bounds the wait).
+                        task.pending_freeze = message.freeze
+                    else:
+                        task.ctl_writer.write(frames.encode({"t": "freeze", "id": message.freeze}))
+                        await task.ctl_writer.drain()
+                elif kind == "verdict" and task.ctl_writer is not None:
+                    word = "exit" if message.verdict.exit else "resume"
+                    task.ctl_writer.write(frames.encode({"t": word, "id": message.verdict.freeze}))
+                    await task.ctl_writer.drain()
                 elif kind == "proxy" and control is not None:
                     control.write(message.proxy)
                     await control.drain()
@@ -286,7 +366,7 @@ class TaskTable:
             task.signal(signal.SIGKILL)
             await task.exited
 
-    async def _spawn(self, spec: pb.TaskSpec) -> HostedTask:
+    async def _spawn(self, spec: pb.TaskSpec, restore: Path | None = None) -> HostedTask:
         if not os.access(spec.executable, os.X_OK):
             raise SpawnError(f"{spec.executable} does not exist here or is not executable")
         identity = self._identity(spec)
@@ -297,7 +377,7 @@ class TaskTable:
         env = dict(spec.env)
         env.update(MOSIX_TASK_ID=spec.task_id, MOSIX_HOME_NODE=spec.home, MOSIX_NODE=self.node_id)
         if spec.python:
-            env.update(MOSIX_HOME_CWD=spec.cwd, MOSIX_PROGRAM=spec.argv[0],
+            env.update(MOSIX_HOME_CWD=spec.cwd, MOSIX_PROGRAM=spec.argv[0], MOSIX_EPOCH=str(spec.epoch),
                        MOSIX_STDOUT_TTY="1" if spec.stdout_tty else "", MOSIX_STDERR_TTY="1" if spec.stderr_tty else "")
             args = [spec.executable, *spec.python_options, str(RUNTIME), *spec.python_args]
             cwd = scratch  # the runtime makes relative paths act at home
@@ -308,18 +388,25 @@ class TaskTable:
         stdout_r, stdout_w = _pipe()
         stderr_r, stderr_w = _pipe()
         child_fds, ours = [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
-        control = None
+        control = ctl = None
         if spec.python:
             control, runtime_end = socket.socketpair()
-            child_fds.append(runtime_end.detach())
+            ctl, ctl_end = socket.socketpair()
+            child_fds += [runtime_end.detach(), ctl_end.detach()]
+            if restore is not None:
+                env["MOSIX_RESTORE_FILE"] = str(restore)
+                if identity:
+                    os.chown(restore, identity["user"], identity["group"])
         try:
             pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
-                                            umask=spec.umask, identity=identity, fds=child_fds)
+                                            umask=spec.umask, identity=identity, fds=child_fds,
+                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD"))
         except SpawnFailed as exc:
             for fd in ours:
                 os.close(fd)
-            if control:
-                control.close()
+            for sock in (control, ctl):
+                if sock:
+                    sock.close()
             shutil.rmtree(scratch, ignore_errors=True)
             raise SpawnError(f"cannot start {spec.executable}: {exc.strerror}") from None
         finally:
@@ -328,7 +415,7 @@ class TaskTable:
         stdin, stdout, stderr = await _streams(*ours)
         return HostedTask(spec=spec, pid=pid, stdin=stdin, stdout=stdout, stderr=stderr,
                           exited=self._spawner.exit_status(pid), scratch=scratch, local=spec.home == self.node_id,
-                          control=control)
+                          control=control, ctl=ctl, restore=restore)
 
     def _identity(self, spec: pb.TaskSpec) -> dict[str, object]:
         """Run the task as its user: switch to them when root, else only run our own user's tasks."""

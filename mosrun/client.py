@@ -148,6 +148,18 @@ class Connection:
              "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
              "pid": t.pid} for t in reply.tasks]}
 
+    def migrate(self, task_id: str, target: str) -> dict[str, Any]:
+        """Ask for a move; returns {"ok", "message", "node", "freeze_seconds"}."""
+        from mosixd.wire import mosix_pb2 as pb
+
+        request = pb.MigrateRequest(task_id=task_id, target=target, uid=os.getuid())
+        try:
+            reply = self._admin.Migrate(request, timeout=180)
+        except self._grpc.RpcError as exc:
+            raise _client_error(exc, self.target) from None
+        return {"ok": reply.ok, "message": reply.message, "node": reply.node,
+                "freeze_seconds": round(reply.freeze_seconds, 4)}
+
     def set_blocked(self, blocked: bool) -> dict[str, Any]:
         """Block or unblock the answering node; returns its node dict."""
         from mosixd.codec import node_status_to_dict

@@ -123,6 +123,7 @@ class LocalRig:
 
 
 def start_rig(n: int, tmp: Path, *extra: str) -> LocalRig:
+    tmp.mkdir(parents=True, exist_ok=True)
     runtime = tmp / "runtime"
     hosts = [f"127.0.1.{i}" for i in range(1, n + 1)]
     port = free_port(hosts)

@@ -91,7 +91,7 @@ class SetBlockedRequest(_message.Message):
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version")
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,8 @@ class TaskSpec(_message.Message):
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     home: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -139,21 +141,39 @@ class TaskSpec(_message.Message):
     job_name: str
     started: float
     python_version: str
-    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ...) -> None: ...
+    restore: bool
+    epoch: int
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class HomeMessage(_message.Message):
-    __slots__ = ("start", "stdin", "stdin_eof", "signal", "proxy")
+    __slots__ = ("start", "stdin", "stdin_eof", "signal", "proxy", "reserve", "checkpoint", "freeze", "verdict")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     PROXY_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     start: TaskSpec
     stdin: bytes
     stdin_eof: bool
     signal: int
     proxy: bytes
-    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., proxy: _Optional[bytes] = ...) -> None: ...
+    reserve: TaskSpec
+    checkpoint: bytes
+    freeze: int
+    verdict: Verdict
+    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., proxy: _Optional[bytes] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., freeze: _Optional[int] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("freeze", "exit")
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    freeze: int
+    exit: bool
+    def __init__(self, freeze: _Optional[int] = ..., exit: _Optional[bool] = ...) -> None: ...
 
 class TaskStarted(_message.Message):
     __slots__ = ("node_id", "pid")
@@ -188,7 +208,7 @@ class TaskUsage(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class HostEvent(_message.Message):
-    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage", "stdin_ack")
+    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "freeze_failed", "movable")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +217,11 @@ class HostEvent(_message.Message):
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     STDIN_ACK_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_FAILED_FIELD_NUMBER: _ClassVar[int]
+    MOVABLE_FIELD_NUMBER: _ClassVar[int]
     started: TaskStarted
     stdout: bytes
     stderr: bytes
@@ -205,7 +230,12 @@ class HostEvent(_message.Message):
     refused: Refusal
     usage: TaskUsage
     stdin_ack: int
-    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ...) -> None: ...
+    reserved: bool
+    checkpoint: bytes
+    frozen: int
+    freeze_failed: str
+    movable: bool
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[bool] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")
@@ -242,3 +272,25 @@ class TaskList(_message.Message):
     node_id: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     def __init__(self, node_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("task_id", "target", "uid")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    target: str
+    uid: int
+    def __init__(self, task_id: _Optional[str] = ..., target: _Optional[str] = ..., uid: _Optional[int] = ...) -> None: ...
+
+class MigrateReply(_message.Message):
+    __slots__ = ("ok", "message", "node", "freeze_seconds")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    message: str
+    node: str
+    freeze_seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., freeze_seconds: _Optional[float] = ...) -> None: ...

@@ -195,6 +195,11 @@ class AdminStub:
                 request_serializer=mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=mosixd_dot_wire_dot_mosix__pb2.TaskList.FromString,
                 _registered_method=True)
+        self.Migrate = channel.unary_unary(
+                '/mosix.v1.Admin/Migrate',
+                request_serializer=mosixd_dot_wire_dot_mosix__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=mosixd_dot_wire_dot_mosix__pb2.MigrateReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -221,6 +226,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Migrate(self, request, context):
+        """migrate: move one of this node's tasks (asked of its home node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +250,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.FromString,
                     response_serializer=mosixd_dot_wire_dot_mosix__pb2.TaskList.SerializeToString,
+            ),
+            'Migrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Migrate,
+                    request_deserializer=mosixd_dot_wire_dot_mosix__pb2.MigrateRequest.FromString,
+                    response_serializer=mosixd_dot_wire_dot_mosix__pb2.MigrateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +338,33 @@ class Admin:
             '/mosix.v1.Admin/ListTasks',
             mosixd_dot_wire_dot_mosix__pb2.ListTasksRequest.SerializeToString,
             mosixd_dot_wire_dot_mosix__pb2.TaskList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Migrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosix.v1.Admin/Migrate',
+            mosixd_dot_wire_dot_mosix__pb2.MigrateRequest.SerializeToString,
+            mosixd_dot_wire_dot_mosix__pb2.MigrateReply.FromString,
             options,
             channel_credentials,
             insecure,

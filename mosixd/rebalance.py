@@ -1,0 +1,333 @@
+"""Migration decisions: which running task should move, and where. Sans-IO.
+
+The daemon calls ``Rebalancer.decide`` about once a second with its gossip view and the
+tasks it runs, and gets back at most one ``MoveDecision``. It reports how the move went
+with ``moved`` or ``failed``. Nothing here reads a clock, the network or the process
+table, so a simulator drives the same class as the daemon.
+
+A task ``t`` on this node ``h`` moves to another node ``m`` when all of these hold:
+
+1. ``t`` can move: it has safe points, it is not locked to the node (``mosrun -L``), it is
+   not already moving, and it has been on ``h`` at least ``min_residency`` seconds (a task
+   that just arrived cannot be sent on at once: no ping-pong).
+2. ``m`` could take it as a new job: up, same major.minor Python, room for its memory
+   after the moves this node has already sent there (``Placement.rank``). Among those,
+   the target is the one where its marginal opportunity cost is lowest, as for placement.
+3. One of the two balancing rules holds, both counting the task *on* the target, so that
+   the move would not look worth undoing right after (hysteresis):
+
+   a. opportunity cost (Amir et al., IEEE TPDS 2000): its marginal cost on ``m`` is below
+      ``reassign_ratio`` (one half) of its marginal cost on ``h``, with the same
+      ``node_cost`` the placement uses;
+   b. MOSIX: ``load(m) + stability * load of t on m < load(h)``, loads normalised by
+      capacity, ``stability`` 1.3.
+
+4. It pays: the expected remaining time of a task is taken to be its age (process
+   lifetimes are heavy-tailed: Harchol-Balter and Downey), so moving saves about
+   ``age * (1 - rate here / rate there)`` seconds, where a task's rate is the CPU speed
+   times its equal share of the CPUs (divided by ``thrash_slowdown`` where memory is
+   over-committed). That must exceed ``gain_margin`` times the migration cost,
+   ``state_bytes / bandwidth + freeze_overhead``.
+5. No herd: the other loaded nodes see the same idle node at the same time. Each counts
+   the nodes its view shows would also want to send there (itself included) and the
+   free CPUs the target has, and sends with probability ``free CPUs / senders`` (at most
+   1), so a newly idle node receives about as many tasks per round as it has room for.
+   Moves this node sent count on their target until gossip confirms them (the same
+   reservations as ``Placement``), and a target that refused or failed a move is left
+   alone for ``cooldown`` seconds.
+
+Among the tasks that pass, the one with the largest expected net gain moves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from mosixd.gossip import NodeState, NodeView
+from mosixd.loadvector import LoadVector
+from mosixd.policy import JobRequest, NoRoom, Placement, cpu_demand, node_cost
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTask:
+    """What the node knows about one task it runs, for migration decisions."""
+
+    task_id: str
+    cpu: float = 1.0  # demand in standard CPUs (about 1 for a CPU-bound task)
+    memory_mb: int = 0  # resident memory; 0: unknown, policy.DEFAULT_MEMORY_MB assumed
+    age: float = 0.0  # seconds since it started (on any node)
+    state_bytes: int = 0  # size of its checkpoint, estimated
+    resident_since: float = 0.0  # when it started or arrived on this node (local clock)
+    locked: bool = False  # mosrun -L: never moves by itself
+    migratable: bool = True  # has safe points
+
+
+@dataclass(frozen=True, slots=True)
+class MoveDecision:
+    """Move ``task_id`` to ``target``; ``gain``: expected seconds saved, net of the move."""
+
+    task_id: str
+    target: str
+    reason: str
+    gain: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    target: str
+    job: JobRequest  # what the task takes of CPU and memory
+    made: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Here:
+    load: LoadVector  # this node's report
+    demand: float  # standard CPUs, without the moves under way
+    mem_used: float  # bytes, likewise
+
+
+def task_rate(lv: LoadVector, demand: float, mem_used: float, thrash_slowdown: float) -> float:
+    """Speed, in standard CPUs, of one CPU-bound task on a node with ``demand`` standard CPUs
+    of demand (the task included): its equal share of the CPUs, at most one whole CPU,
+    divided by ``thrash_slowdown`` when memory is over-committed."""
+    share = 1.0 if demand <= lv.cpus else lv.cpus / demand
+    rate = lv.speed * share
+    if lv.mem_total > 0 and mem_used > lv.mem_total:
+        rate /= thrash_slowdown
+    return rate
+
+
+class Rebalancer:
+    """Migration decisions of one node; see the module docstring for the rules."""
+
+    def __init__(self, *, min_residency: float = 3.0, residency_factor: float = 2.0,
+                 stability: float = 1.3,
+                 reassign_ratio: float = 0.5, bandwidth_bytes_per_s: float = 200e6,
+                 freeze_overhead: float = 0.5, gain_margin: float = 1.0,
+                 thrash_slowdown: float = 10.0, cooldown: float = 10.0,
+                 confirm_lag: float = 2.0, reservation_ttl: float = 30.0,
+                 base: float | None = None, rng: random.Random | None = None) -> None:
+        """``min_residency``: seconds a task stays on a node before it may leave, and
+        ``residency_factor``: at least this many times the cost of moving it.
+        ``stability``: MOSIX's margin (the task's load counts this much on the target).
+        ``reassign_ratio``: a task moves when its cost there is below this share of its cost
+        here. ``bandwidth_bytes_per_s`` and ``freeze_overhead`` (seconds): the migration cost
+        model. ``gain_margin``: how many times the migration cost the expected gain must be.
+        ``thrash_slowdown``: how much slower a task runs where memory is over-committed.
+        ``cooldown``: seconds a target that failed a move is not tried again.
+        ``confirm_lag``/``reservation_ttl``: as for ``Placement``. ``base``: a fixed cost
+        base. ``rng``: the randomness of the herd rule (seed it for reproducible runs).
+        """
+        if stability < 1.0:
+            raise ValueError("stability must be at least 1")
+        if not 0.0 < reassign_ratio < 1.0:
+            raise ValueError("reassign_ratio must be between 0 and 1")
+        if bandwidth_bytes_per_s <= 0:
+            raise ValueError("bandwidth must be positive")
+        self.min_residency = min_residency
+        self.residency_factor = residency_factor
+        self.stability = stability
+        self.reassign_ratio = reassign_ratio
+        self.bandwidth = bandwidth_bytes_per_s
+        self.freeze_overhead = freeze_overhead
+        self.gain_margin = gain_margin
+        self.thrash_slowdown = thrash_slowdown
+        self.cooldown = cooldown
+        self._placement = Placement(reservation_ttl=reservation_ttl, confirm_lag=confirm_lag,
+                                    base=base)
+        self._rng = rng or random.Random()
+        self._outgoing: dict[str, _Outgoing] = {}  # task id -> the move under way
+        self._target_cool: dict[str, float] = {}  # target -> until when it is left alone
+        self._task_cool: dict[str, float] = {}  # task id -> until when it stays put
+
+    # ---- the decision ---------------------------------------------------------------------
+
+    def migration_cost(self, task: RunningTask) -> float:
+        """Seconds a move of ``task`` costs: its state over the link, plus the freeze."""
+        return task.state_bytes / self.bandwidth + self.freeze_overhead
+
+    def residency(self, task: RunningTask) -> float:
+        """Seconds ``task`` stays on a node before it may leave: ``min_residency``, and at
+        least ``residency_factor`` times what moving it costs, so that a task with a big
+        state cannot spend most of its life in transit."""
+        return max(self.min_residency, self.residency_factor * self.migration_cost(task))
+
+    def decide(self, own_id: str, views: list[NodeView], tasks: list[RunningTask],
+               now: float) -> MoveDecision | None:
+        """At most one move for this node at ``now``; None when nothing should move.
+
+        ``views``: the gossip view (this node's own entry included, under ``own_id``);
+        ``tasks``: the tasks running here. A returned move counts on its target at once;
+        report its end with ``moved`` or ``failed``.
+        """
+        self._expire(views, now)
+        own = next((v for v in views if v.id == own_id), None)
+        if own is None or own.load.capacity <= 0:
+            return None
+        candidates = [t for t in tasks if t.migratable and not t.locked
+                      and t.task_id not in self._outgoing
+                      and now - t.resident_since >= self.residency(t)
+                      and self._task_cool.get(t.task_id, -math.inf) <= now]
+        if not candidates:
+            return None
+        lv = own.load
+        # Moves under way still show in this node's report until their task is gone.
+        leaving = [self._outgoing[t.task_id] for t in tasks if t.task_id in self._outgoing]
+        staying = sum(t.cpu for t in tasks if t.task_id not in self._outgoing)
+        here = _Here(lv, max(cpu_demand(lv) - sum(o.job.cpu for o in leaving), staying),
+                     (lv.mem_total - lv.mem_free - sum(o.job.memory_bytes for o in leaving))
+                     if lv.mem_total > 0 else 0.0)
+        a = self._placement.base_for(views)
+        moving = self._moving()
+        held = self._placement.held(now)
+        for node_id, (cpu, mem) in moving.items():
+            cpu_held, mem_held = held.get(node_id, (0.0, 0))
+            held[node_id] = (cpu_held + cpu, mem_held + mem)
+        exclude = {own_id} | {n for n, until in self._target_cool.items() if until > now}
+        # Targets as the CPU sees them; ``rank`` still has the last word on who is eligible.
+        targets = {v.id: (v.load, cpu_demand(v.load) + held.get(v.id, (0.0, 0))[0])
+                   for v in views if v.id not in exclude and v.state is NodeState.UP
+                   and v.load.capacity > 0}
+        if not targets:
+            return None
+
+        options: list[tuple[float, str, MoveDecision]] = []
+        for task in candidates:
+            option = self._best_move(task, here, a, views, targets, held, moving, exclude, now)
+            if option is not None:
+                options.append(option)
+        if not options:
+            return None
+        options.sort(key=lambda o: (-o[0], o[2].task_id))
+        draws: dict[str, bool] = {}
+        for _, target, decision in options:
+            if target not in draws:
+                draws[target] = self._herd_allows(own_id, here, target, targets[target], views, a)
+            if draws[target]:
+                self._record(decision, next(t for t in candidates
+                                            if t.task_id == decision.task_id), now)
+                return decision
+        return None
+
+    def _best_move(self, task: RunningTask, here: _Here, a: float, views: list[NodeView],
+                   targets: dict[str, tuple[LoadVector, float]],
+                   held: dict[str, tuple[float, int]], moving: dict[str, tuple[float, int]],
+                   exclude: set[str], now: float) -> tuple[float, str, MoveDecision] | None:
+        """The first target, cheapest first, that passes the rules for ``task``."""
+        lv = here.load
+        job = JobRequest(memory_mb=task.memory_mb, python=lv.python, cpu=task.cpu)
+        memory = job.memory_bytes
+        # What the task pays here: the cost it adds on top of everything else on this node.
+        cost_here = node_cost(a, cpu_demand=max(0.0, here.demand - task.cpu),
+                              capacity=lv.capacity, job_cpu=task.cpu,
+                              mem_used=max(0.0, here.mem_used - memory),
+                              mem_total=lv.mem_total, job_mem=memory)
+        rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
+                              self.thrash_slowdown)
+        own_load = here.demand / lv.capacity
+        move_cost = self.migration_cost(task)
+        need = self.gain_margin * move_cost
+        # Necessary conditions first, from CPU figures alone (a memory term only adds to a
+        # cost), so that most calls never need the full ranking.
+        if not any(task.age * (1.0 - rate_here / tv.speed) > need
+                   and ((t_demand + self.stability * task.cpu) / tv.capacity < own_load
+                        or node_cost(a, cpu_demand=t_demand, capacity=tv.capacity,
+                                     job_cpu=task.cpu) < self.reassign_ratio * cost_here)
+                   for tv, t_demand in targets.values()):
+            return None
+        try:
+            choices = self._placement.rank(views, job, now, exclude=exclude, extra=moving)
+        except NoRoom:
+            return None
+        for choice in choices:
+            tv, t_demand = targets[choice.node_id]
+            by_cost = choice.cost < self.reassign_ratio * cost_here
+            by_load = (t_demand + self.stability * task.cpu) / tv.capacity < own_load
+            if not (by_cost or by_load):
+                continue
+            t_used = tv.mem_total - tv.mem_free + held.get(choice.node_id, (0.0, 0))[1] + memory
+            rate_there = task_rate(tv, t_demand + task.cpu, t_used, self.thrash_slowdown)
+            gross = task.age * (1.0 - rate_here / rate_there)
+            if gross <= need:
+                continue
+            reason = (f"cost {choice.cost:.3g} there < {self.reassign_ratio:g} x "
+                      f"{cost_here:.3g} here" if by_cost else
+                      f"load {t_demand / tv.capacity:.2f} + {self.stability:g} x "
+                      f"{task.cpu / tv.capacity:.2f} there < {own_load:.2f} here")
+            net = gross - move_cost
+            return net, choice.node_id, MoveDecision(task.task_id, choice.node_id, reason, net)
+        return None
+
+    def _wants(self, lv: LoadVector, demand: float, tv: LoadVector, t_demand: float,
+               a: float) -> bool:
+        """Would a node like ``lv`` (``demand``) send a standard task to ``tv``?"""
+        if (t_demand + self.stability) / tv.capacity < demand / lv.capacity:
+            return True
+        there = node_cost(a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=1.0)
+        here = node_cost(a, cpu_demand=max(0.0, demand - 1.0), capacity=lv.capacity, job_cpu=1.0)
+        return there < self.reassign_ratio * here
+
+    def _herd_allows(self, own_id: str, here: _Here, target: str,
+                     target_cpu: tuple[LoadVector, float], views: list[NodeView],
+                     a: float) -> bool:
+        """Thin out the senders to ``target``: go with probability free CPUs / senders."""
+        tv, t_demand = target_cpu
+        senders = 1  # this node
+        for v in views:
+            if (v.id in (own_id, target) or v.state is not NodeState.UP
+                    or v.load.capacity <= 0):
+                continue
+            if self._wants(v.load, cpu_demand(v.load), tv, t_demand, a):
+                senders += 1
+        room = max(1, math.floor(tv.cpus - t_demand))
+        return senders <= room or self._rng.random() < room / senders
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+
+    def _moving(self) -> dict[str, tuple[float, int]]:
+        """CPU and memory of the moves under way, per target."""
+        held: dict[str, tuple[float, int]] = {}
+        for out in self._outgoing.values():
+            cpu, mem = held.get(out.target, (0.0, 0))
+            held[out.target] = (cpu + out.job.cpu, mem + out.job.memory_bytes)
+        return held
+
+    def _record(self, decision: MoveDecision, task: RunningTask, now: float) -> None:
+        # A move under way counts on its target whatever gossip says, as the task is not
+        # there yet; after ``moved`` it is a reservation that gossip confirms.
+        job = JobRequest(memory_mb=task.memory_mb, cpu=task.cpu)
+        self._outgoing[task.task_id] = _Outgoing(decision.target, job, now)
+
+    def moved(self, decision: MoveDecision, now: float) -> None:
+        """The task arrived on its target: it counts there until gossip shows it."""
+        out = self._outgoing.pop(decision.task_id, None)
+        if out is not None:
+            self._placement.reserve(out.target, out.job, now)
+
+    def failed(self, decision: MoveDecision, now: float) -> None:
+        """The move did not happen (refused, unpicklable, target lost): the task stays, and
+        neither it nor the target is tried again for ``cooldown`` seconds."""
+        self._outgoing.pop(decision.task_id, None)
+        self._target_cool[decision.target] = now + self.cooldown
+        self._task_cool[decision.task_id] = now + self.cooldown
+
+    def pending(self) -> dict[str, int]:
+        """How many moves this node has made or started that still count on each target."""
+        counts = self._placement.pending()
+        for out in self._outgoing.values():
+            counts[out.target] = counts.get(out.target, 0) + 1
+        return counts
+
+    def _expire(self, views: list[NodeView], now: float) -> None:
+        self._placement.observe(views, now)
+        ttl = self._placement.reservation_ttl
+        # A move never reported back is forgotten with its reservation.
+        for task_id, out in list(self._outgoing.items()):
+            if now >= out.made + ttl:
+                del self._outgoing[task_id]
+        for table in (self._target_cool, self._task_cool):
+            for key, until in list(table.items()):
+                if until <= now:
+                    del table[key]
