@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 from mosixd.gossip import NodeState, NodeView
 from mosixd.loadvector import LoadVector
-from mosixd.policy import MIB, JobRequest, NoRoom, Placement
+from mosixd.policy import MIB, JobRequest, NoRoom, Placement, admit
 from mosixd.rebalance import MoveDecision, Rebalancer, RunningTask
 
 ARRIVAL_WINDOW = 200.0  # seconds during which jobs arrive
@@ -218,6 +218,7 @@ class Sim:
         self.arrivals: list[tuple[float, int, Job]] = []  # frozen jobs reaching their target
         self.slowdowns: list[float] = []
         self.moves = 0
+        self.refused_moves = 0  # moves the target refused (admit)
         self.refused = 0  # placements the real policy refused (no room for the memory)
 
     # ---- strategies
@@ -326,7 +327,17 @@ class Sim:
             if decision is not None:
                 decisions.append((m, decision))
         for m, decision in decisions:
-            self._freeze(m, m.jobs[decision.task_id], decision)
+            # The target admits or refuses each move with the daemon's own check, on its
+            # report including the moves it has already accepted.
+            job = m.jobs[decision.task_id]
+            target = self.by_id[decision.target]
+            why = admit(target.view().load, JobRequest(memory_mb=job.spec.mem_mb, python=PYTHON),
+                        blocked=False, starting=0)
+            if why is None:
+                self._freeze(m, job, decision)
+            else:
+                self.rebalancers[m.id].failed(decision, now)
+                self.refused_moves += 1
 
     def run(self) -> float:
         """Mean slowdown of the scenario's jobs."""

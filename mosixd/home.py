@@ -452,7 +452,10 @@ class HomeSessions:
                     await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
                     return
         finally:
+            # Wait for the cancellation: the session then drains mosrun's socket itself, and a
+            # stream may have only one reader.
             upstream.cancel()
+            await asyncio.gather(upstream, return_exceptions=True)
 
     @staticmethod
     def _switch(live: LiveTask) -> None:

@@ -193,50 +193,73 @@ class Rebalancer:
         if not targets:
             return None
 
-        options: list[tuple[float, str, MoveDecision]] = []
+        # Bound first: from CPU figures alone, what each task could gain at best (a memory
+        # term only adds to a cost, thrashing only slows). Then check the most promising
+        # tasks fully, best bound first, until no bound can beat the best move found.
+        own_load = here.demand / lv.capacity
+        cpu_costs: dict[tuple[str, float], float] = {}
+        bounds: list[tuple[float, str, RunningTask, float, float]] = []
         for task in candidates:
-            option = self._best_move(task, here, a, views, targets, held, moving, exclude, now)
-            if option is not None:
-                options.append(option)
-        if not options:
+            rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
+                                  self.thrash_slowdown)
+            faster = [(node_id, tv, t_demand, rate) for node_id, (tv, t_demand) in targets.items()
+                      if (rate := task_rate(tv, t_demand + task.cpu, 0.0,
+                                            self.thrash_slowdown)) > rate_here]
+            if not faster:
+                continue
+            cost_here = self._cost_here(task, here, a)
+            best_rate = 0.0
+            for node_id, tv, t_demand, rate in faster:
+                if rate <= best_rate:
+                    continue
+                if (t_demand + self.stability * task.cpu) / tv.capacity >= own_load:
+                    key = (node_id, task.cpu)
+                    cost = cpu_costs.get(key)
+                    if cost is None:
+                        cost = cpu_costs[key] = node_cost(a, cpu_demand=t_demand,
+                                                          capacity=tv.capacity, job_cpu=task.cpu)
+                    if cost >= self.reassign_ratio * cost_here:
+                        continue
+                best_rate = rate
+            if best_rate <= rate_here:
+                continue
+            move_cost = self.migration_cost(task)
+            bound = task.age * (1.0 - rate_here / best_rate)
+            if bound > self.gain_margin * move_cost:
+                bounds.append((bound - move_cost, task.task_id, task, cost_here, rate_here))
+        bounds.sort(key=lambda b: (-b[0], b[1]))
+        best: MoveDecision | None = None
+        for bound, _, task, cost_here, rate_here in bounds:
+            if best is not None and best.gain >= bound:
+                break
+            option = self._best_move(task, here, cost_here, rate_here, views, targets, held,
+                                     moving, exclude, now)
+            if option is not None and (best is None or option.gain > best.gain):
+                best = option
+        if best is None or not self._herd_allows(own_id, here, best.target,
+                                                 targets[best.target], views, a):
             return None
-        options.sort(key=lambda o: (-o[0], o[2].task_id))
-        draws: dict[str, bool] = {}
-        for _, target, decision in options:
-            if target not in draws:
-                draws[target] = self._herd_allows(own_id, here, target, targets[target], views, a)
-            if draws[target]:
-                self._record(decision, next(t for t in candidates
-                                            if t.task_id == decision.task_id), now)
-                return decision
-        return None
+        self._record(best, next(t for t in candidates if t.task_id == best.task_id), now)
+        return best
 
-    def _best_move(self, task: RunningTask, here: _Here, a: float, views: list[NodeView],
-                   targets: dict[str, tuple[LoadVector, float]],
+    def _cost_here(self, task: RunningTask, here: _Here, a: float) -> float:
+        """What ``task`` pays here: the cost it adds on top of everything else on this node."""
+        lv = here.load
+        memory = JobRequest(memory_mb=task.memory_mb).memory_bytes
+        return node_cost(a, cpu_demand=max(0.0, here.demand - task.cpu), capacity=lv.capacity,
+                         job_cpu=task.cpu, mem_used=max(0.0, here.mem_used - memory),
+                         mem_total=lv.mem_total, job_mem=memory)
+
+    def _best_move(self, task: RunningTask, here: _Here, cost_here: float, rate_here: float,
+                   views: list[NodeView], targets: dict[str, tuple[LoadVector, float]],
                    held: dict[str, tuple[float, int]], moving: dict[str, tuple[float, int]],
-                   exclude: set[str], now: float) -> tuple[float, str, MoveDecision] | None:
+                   exclude: set[str], now: float) -> MoveDecision | None:
         """The first target, cheapest first, that passes the rules for ``task``."""
         lv = here.load
         job = JobRequest(memory_mb=task.memory_mb, python=lv.python, cpu=task.cpu)
         memory = job.memory_bytes
-        # What the task pays here: the cost it adds on top of everything else on this node.
-        cost_here = node_cost(a, cpu_demand=max(0.0, here.demand - task.cpu),
-                              capacity=lv.capacity, job_cpu=task.cpu,
-                              mem_used=max(0.0, here.mem_used - memory),
-                              mem_total=lv.mem_total, job_mem=memory)
-        rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
-                              self.thrash_slowdown)
         own_load = here.demand / lv.capacity
         move_cost = self.migration_cost(task)
-        need = self.gain_margin * move_cost
-        # Necessary conditions first, from CPU figures alone (a memory term only adds to a
-        # cost), so that most calls never need the full ranking.
-        if not any(task.age * (1.0 - rate_here / tv.speed) > need
-                   and ((t_demand + self.stability * task.cpu) / tv.capacity < own_load
-                        or node_cost(a, cpu_demand=t_demand, capacity=tv.capacity,
-                                     job_cpu=task.cpu) < self.reassign_ratio * cost_here)
-                   for tv, t_demand in targets.values()):
-            return None
         try:
             choices = self._placement.rank(views, job, now, exclude=exclude, extra=moving)
         except NoRoom:
@@ -250,14 +273,13 @@ class Rebalancer:
             t_used = tv.mem_total - tv.mem_free + held.get(choice.node_id, (0.0, 0))[1] + memory
             rate_there = task_rate(tv, t_demand + task.cpu, t_used, self.thrash_slowdown)
             gross = task.age * (1.0 - rate_here / rate_there)
-            if gross <= need:
+            if gross <= self.gain_margin * move_cost:
                 continue
             reason = (f"cost {choice.cost:.3g} there < {self.reassign_ratio:g} x "
                       f"{cost_here:.3g} here" if by_cost else
                       f"load {t_demand / tv.capacity:.2f} + {self.stability:g} x "
                       f"{task.cpu / tv.capacity:.2f} there < {own_load:.2f} here")
-            net = gross - move_cost
-            return net, choice.node_id, MoveDecision(task.task_id, choice.node_id, reason, net)
+            return MoveDecision(task.task_id, choice.node_id, reason, gross - move_cost)
         return None
 
     def _wants(self, lv: LoadVector, demand: float, tv: LoadVector, t_demand: float,

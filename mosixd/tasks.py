@@ -37,6 +37,7 @@ RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
 CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20       # bigger pipes: fewer, larger chunks on the way home
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
+PROXY_BACKLOG = 32 << 20  # file proxy replies held for a runtime: more than it ever awaits
 USAGE_EVERY = 2.0
 DRAIN_AFTER_EXIT = 5.0    # orphans may hold the pipes open; don't wait for them forever
 KILL_GRACE = 2.0
@@ -175,6 +176,11 @@ class TaskTable:
         events = task.events
         control = task.control
         reader, writer = (await asyncio.open_unix_connection(sock=control)) if control else (None, None)
+        if writer is not None:
+            # A runtime reads ahead and reads the replies when it needs them: until then they
+            # wait here, and waiting for it to drain them must not hold up stdin and signals.
+            # It keeps less than this outstanding (mosrun.proxyfs.WINDOW), so this is a bound.
+            writer.transport.set_write_buffer_limits(high=PROXY_BACKLOG)
         pipes = [asyncio.create_task(self._pump(task.stdout, "stdout", events)),
                  asyncio.create_task(self._pump(task.stderr, "stderr", events))]
         handler = asyncio.current_task()
@@ -182,7 +188,9 @@ class TaskTable:
         helpers = [asyncio.create_task(self._feed(task, requests, writer, handler)),
                    asyncio.create_task(self._usage(task, events))]
         if reader is not None:
-            helpers.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
+            # Its requests, like its output, reach home before its exit status: a write the
+            # task did not wait for is done even if it then died.
+            pipes.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
         if task.ctl is not None:
             ctl_reader, task.ctl_writer = await asyncio.open_unix_connection(sock=task.ctl)
             helpers.append(asyncio.create_task(self._control_events(task, ctl_reader, events)))
@@ -237,9 +245,18 @@ class TaskTable:
     async def _proxy_requests(self, task: HostedTask, reader: asyncio.StreamReader,
                               events: asyncio.Queue[pb.HostEvent | None]) -> None:
         try:
-            while (frame := await frames.read_frame(reader)) is not None:
-                await events.put(pb.HostEvent(proxy=frames.encode(*frame)))
-        except (frames.ProtocolError, ConnectionError) as exc:
+            while True:
+                try:
+                    prefix = await reader.readexactly(frames.PREFIX.size)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        raise frames.ProtocolError("stream ended inside a frame") from None
+                    return
+                head_len, payload_len = frames.check_sizes(prefix)
+                rest = await reader.readexactly(head_len + payload_len)
+                frames.decode_header(rest[:head_len])  # checked, then relayed as it came
+                await events.put(pb.HostEvent(proxy=prefix + rest))
+        except (frames.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("task %s: broken runtime channel (%s)", task.spec.task_id, exc)
 
     async def _control_events(self, task: HostedTask, reader: asyncio.StreamReader,
@@ -394,13 +411,13 @@ class TaskTable:
             ctl, ctl_end = socket.socketpair()
             child_fds += [runtime_end.detach(), ctl_end.detach()]
             if restore is not None:
-                env["MOSIX_RESTORE_FILE"] = str(restore)
-                if identity:
-                    os.chown(restore, identity["user"], identity["group"])
+                # An open fd, not a path: the runtime's file proxy must never mistake the
+                # checkpoint for a file of the home node's.
+                child_fds.append(os.open(restore, os.O_RDONLY))
         try:
             pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
                                             umask=spec.umask, identity=identity, fds=child_fds,
-                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD"))
+                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD", "MOSIX_RESTORE_FD"))
         except SpawnFailed as exc:
             for fd in ours:
                 os.close(fd)

@@ -371,7 +371,7 @@ class Session:
         elif kind == "stderr":
             write_all(2, payload)
         elif kind == "proxy":
-            self._proxy(payload.tobytes())
+            self._proxy(payload)
         elif kind == "stdin_ack":
             self.stdin_in_flight -= int(header.get("n", 0))
         elif kind == "exit":
@@ -383,15 +383,20 @@ class Session:
         elif kind == "queued":
             sys.stderr.write(f"mosrun: waiting for a node to take the task ({header.get('reason', '')})\n")
 
-    def _proxy(self, payload: bytes) -> None:
+    def _proxy(self, payload: memoryview) -> None:
+        """Perform one file request of the task; its payload (a write's data) is used in place,
+        and the reply goes out without being copied into a frame first."""
         if self.files is None:
             from mosrun.homefs import HomeFiles
 
             self.files = HomeFiles(os.getcwd())
         head_len, _ = frames.check_sizes(payload[:frames.PREFIX.size])
-        request = frames.decode_header(payload[frames.PREFIX.size:frames.PREFIX.size + head_len])
+        request = frames.decode_header(payload[frames.PREFIX.size:frames.PREFIX.size + head_len].tobytes())
         reply, data = self.files.handle(request, payload[frames.PREFIX.size + head_len:])
-        self.send({"t": "proxy"}, frames.encode(reply, data))
+        inner = frames.encode_head(reply, len(data))
+        self.outbuf += frames.encode_head({"t": "proxy"}, len(inner) + len(data))
+        self.outbuf += inner
+        self.outbuf += data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,14 @@ enforces the user's permissions; :class:`HomeFiles` refuses nothing beyond malfo
 The runtime resolves every path to an absolute home path before sending it, so this side is
 stateless apart from the table of open files. It never changes the working directory of mosrun.
 
-Protocol (frames of :mod:`mosrun.frames`, one request outstanding per task at a time)
-------------------------------------------------------------------------------------
+Protocol (frames of :mod:`mosrun.frames`)
+----------------------------------------
 Request header ``{"t": "fs", "op": OP, "id": N, ...arguments}``; payload only for ``write``.
+The runtime may send requests without waiting for the replies to earlier ones (writes it does
+not wait for, reads ahead, seeks), up to a bounded window. They are performed one after the
+other in the order they came, and each gets exactly one reply, in that same order, carrying the
+request's id; so a reply is never taken for another request's, and every request sees the
+effect of all those before it.
 Reply header ``{"t": "fs_reply", "id": N, "ok": true, ...results}`` (+ payload), or on failure
 ``{"t": "fs_reply", "id": N, "ok": false, "errno": E, "strerror": S, "filename": F|null,
 "filename2": F2|null}``, which the runtime raises as the matching ``OSError`` subclass.
@@ -37,9 +42,12 @@ op             arguments                                    result
                                                             real (with real=true: the path with
                                                             symlinks resolved)
 ``open``       path, flags (names: O_RDONLY...), perm,      h (handle), pos (null if not
-               nodir=false (true: a directory is EISDIR)    seekable), seekable
+               nodir=false (true: a directory is EISDIR)    seekable), seekable, file ([device,
+                                                            inode]: which handles share data)
 ``read``       h, n (<= 4 MiB)                              payload: the bytes (empty at EOF)
-``write``      h; payload: the bytes (<= 4 MiB)             n (bytes written), pos
+``write``      h; payload: the bytes (<= 4 MiB);            n (bytes written), pos; with at or
+               at=N: all of them at offset N (pwrite),      all: all of them (n), or a failure
+               position unchanged; all=true: all of them
 ``seek``       h, pos, whence                               pos
 ``fstat``      h                                            as ``stat``
 ``ftruncate``  h, size                                      -
@@ -125,6 +133,12 @@ def _kind(entry: os.DirEntry, follow: bool) -> str:
         return "n"
 
 
+def _progress(n: int) -> int:
+    if not n:  # a device that takes nothing would make "all of it" loop for ever
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    return n
+
+
 class HomeFiles:
     """Performs one task's file operations on the home node, on behalf of its runtime."""
 
@@ -137,7 +151,7 @@ class HomeFiles:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    def handle(self, header: dict[str, Any], payload: bytes) -> Reply:
+    def handle(self, header: dict[str, Any], payload: bytes | memoryview) -> Reply:
         """Perform the request ``header`` (+ ``payload``); always returns a reply, never raises
         for anything the task sends."""
         base: dict[str, Any] = {"t": "fs_reply"}
@@ -337,7 +351,8 @@ class HomeFiles:
             flags |= getattr(os, n, 0)
         fd = os.open(path, flags, perm)
         try:
-            if self._bool(h, "nodir", False) and st.S_ISDIR(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if self._bool(h, "nodir", False) and st.S_ISDIR(info.st_mode):
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             try:
                 pos: int | None = os.lseek(fd, 0, os.SEEK_END if "O_APPEND" in names
@@ -349,7 +364,8 @@ class HomeFiles:
             raise
         handle, self._next_handle = self._next_handle, self._next_handle + 1
         self._files[handle] = fd
-        return {"h": handle, "pos": pos, "seekable": pos is not None}, b""
+        return {"h": handle, "pos": pos, "seekable": pos is not None,
+                "file": [info.st_dev, info.st_ino]}, b""
 
     def _read(self, h: dict[str, Any], _: bytes) -> Reply:
         n, fd = self._int(h, "n"), self._fd(h)
@@ -357,8 +373,22 @@ class HomeFiles:
             raise BadRequest("'n' must not be negative")
         return {}, os.read(fd, min(n, CHUNK))
 
-    def _write(self, h: dict[str, Any], payload: bytes) -> Reply:
+    def _write(self, h: dict[str, Any], payload: bytes | memoryview) -> Reply:
         fd = self._fd(h)
+        at = h.get("at")
+        if at is not None:
+            # A write the task did not wait for: all of it at its offset, or a failure.
+            at = self._int(h, "at")
+            view, done = memoryview(payload), 0
+            while done < len(view):
+                done += _progress(os.pwrite(fd, view[done:], at + done))
+            return {"n": done}, b""
+        if self._bool(h, "all", False):
+            # Likewise, at the file's position (appending, or a pipe): all or a failure.
+            view, done = memoryview(payload), 0
+            while done < len(view):
+                done += _progress(os.write(fd, view[done:]))
+            return {"n": done}, b""
         n = os.write(fd, payload)
         try:
             pos: int | None = os.lseek(fd, 0, os.SEEK_CUR)

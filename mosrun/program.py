@@ -84,6 +84,9 @@ def _strip(exc: BaseException | None, files: set[str], seen: set[int]) -> None:
 def _report(exc: BaseException, files: set[str], stderr_tty: bool) -> None:
     """Print an uncaught exception as python's PyErr_Print would."""
     _strip(exc, files, set())
+    task = sys.modules.get("mosrun.task")
+    if task is not None:
+        task.end_replay()  # a restored run that fails while replaying must still be heard
     if type(exc) is ModuleNotFoundError and hasattr(exc, "add_note"):
         # Packages come from the node the task runs on: say which one lacks it.
         from mosrun import proxyfs
@@ -184,7 +187,7 @@ def _setup(here: str) -> tuple[dict[str, str], str, str, list[str]]:
         _die("MOSIX_RUNTIME_FD is not set: this program is started by mosixd to run a task")
     env = {key: os.environ.pop(key) for key in _PLUMBING if key in os.environ}
     env.update((key, os.environ[key]) for key in _VISIBLE if key in os.environ)
-    if os.environ.get("MOSIX_RESTORE_FILE"):
+    if os.environ.get("MOSIX_RESTORE_FD"):
         from mosrun import task
 
         task.begin_replay()  # a restored run's prefix was already shown before the move

@@ -19,6 +19,7 @@ import gc
 import io
 import os
 import posixpath
+from _collections import deque  # what collections.deque is, without importing collections
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at task start
@@ -27,6 +28,11 @@ if TYPE_CHECKING:  # typing costs milliseconds at task start
 CHUNK = 4 << 20            # largest read/write payload per request
 BUFFER_SIZE = 1 << 20      # buffer of a home file: big, so throughput is not round-trip bound
 MAX_HEADER, MAX_PAYLOAD = 1 << 20, 16 << 20   # as mosrun.frames
+WINDOW = 16 << 20          # payload bytes (either way) of the requests awaiting replies
+MAX_WAITING = 64           # requests awaiting replies: bounds what the relays hold for us
+AHEAD_CHUNK = 1 << 20      # one read-ahead request: small enough to keep every relay busy
+AHEAD_FILE = 16 << 20      # most one file reads ahead
+AHEAD_TOTAL = 32 << 20     # most all files together hold read ahead (asked, not handed out)
 
 _real_open, _real_open_code = io.open, io.open_code
 
@@ -59,16 +65,37 @@ def _codec() -> tuple[Any, Any]:
     return (lambda obj: json.dumps(obj, separators=(",", ":")).encode()), json.loads
 
 
+class Request:
+    """One request sent to home, and then its reply: filled in by :meth:`Channel._pump`."""
+
+    __slots__ = ("id", "cost", "into", "errors", "reply", "data", "done")
+
+    def __init__(self, serial: int, cost: int, into: memoryview | None,
+                 errors: list[dict[str, Any]] | None) -> None:
+        self.id, self.cost, self.into, self.errors = serial, cost, into, errors
+        self.reply: dict[str, Any] = {}
+        self.data: Any = b""
+        self.done = False
+
+
 class Channel:
-    """Requests to the home mosrun over the inherited daemon socket, one at a time.
+    """Requests to the home mosrun over the inherited daemon socket.
 
     Frames are those of :mod:`mosrun.frames`, written here with ``os.writev``/``os.readv`` so
-    that neither ``socket`` nor ``json`` is imported at task start. An exchange is never cut in
-    the middle: signal handlers that fire in a thread during its request are held in
-    :attr:`pending` and run just after it (see :func:`deferring`), as they would wait for a
-    local file system call, and the cyclic GC waits too, so that no finaliser closes a file
-    from inside a request. The channel keeps what it needs as attributes, so that files still
-    flush while the interpreter shuts down and module globals are gone."""
+    that neither ``socket`` nor ``json`` is imported at task start. Home performs requests one
+    after the other and replies in the same order, so a request need not wait for the reply to
+    the one before: :meth:`post` sends one and returns (write-behind, read-ahead, seeks), while
+    :meth:`call` sends one and reads replies until its own has come. The replies in between are
+    kept in their :class:`Request`, or, for requests posted with an ``errors`` list, a failure
+    is appended there for the file to raise later. At most :data:`WINDOW` bytes and
+    :data:`MAX_WAITING` requests are ever awaiting replies: past that, :meth:`post` reads
+    replies first, so a task writing faster than home can store blocks instead of buffering.
+
+    An exchange is never cut in the middle: signal handlers that fire in a thread during its
+    request are held in :attr:`pending` and run just after it (see :func:`deferring`), as they
+    would wait for a local file system call, and the cyclic GC waits too, so that no finaliser
+    closes a file from inside a request. The channel keeps what it needs as attributes, so
+    that files still flush while the interpreter shuts down and module globals are gone."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -78,11 +105,18 @@ class Channel:
         self._owner: int | None = None
         self._main = _thread.get_ident()  # Python signal handlers only run in this thread
         self._serial = 0
+        self._seen = 0                  # the newest request whose reply has been read
+        self._waiting: Any = deque()    # requests sent, replies not read yet, oldest first
+        self._in_flight = 0             # their cost (bytes of payload either way)
+        self.ahead = 0                  # read-ahead bytes that files hold (asked, not consumed)
+        self._changes: dict[Any, int] = {}  # file identity (None: any file) -> changes made
+        self._count_lock = _thread.allocate_lock()  # for the two counters above
         # Made now, before the import hook is installed: importing _json later, from inside a
         # request, would ask that hook, hence this channel, for it.
         self._dumps, self._loads = _codec()
         self._ident, self._readv, self._writev = _thread.get_ident, os.readv, os.writev
         self._gc, self._limits, self._reset = gc, (MAX_HEADER, MAX_PAYLOAD), errno.ECONNRESET
+        self._deque = deque
 
     def busy(self) -> bool:
         """Whether the calling thread is in the middle of a request."""
@@ -92,26 +126,96 @@ class Channel:
              into: memoryview | None = None) -> tuple[dict[str, Any], Any]:
         """Send one request and wait for its reply: (header, payload bytes), or (header, byte
         count) when the payload was read straight ``into`` the caller's buffer."""
+        request = self._submit(op, args, payload, into, None, 0, True)
+        assert request is not None
+        data = request.data
+        return request.reply, (bytes(data) if data.__class__ is bytearray else data)
+
+    def post(self, op: str, args: dict[str, Any], payload: Any = b"",
+             errors: list[dict[str, Any]] | None = None, cost: int = 0,
+             block: bool = True) -> Request | None:
+        """Send one request without waiting for its reply, which lands in the returned
+        :class:`Request` (and, if it is a failure, in ``errors``). ``cost`` counts against
+        :data:`WINDOW`; when there is no room, wait for older replies, or with ``block=False``
+        send nothing and return None."""
+        return self._submit(op, args, payload, None, errors, cost, False, block)
+
+    def wait(self, serial: int) -> None:
+        """Read replies until that of request ``serial`` (and so of all before it) is in."""
+        if serial > self._seen:
+            self._submit("", {}, b"", None, None, 0, True, True, serial)
+
+    def settle(self) -> None:
+        """Read the replies to everything sent so far (before a checkpoint, say)."""
+        if self._serial > self._seen and not self.broken:
+            self.wait(self._serial)
+
+    def reserve(self, n: int, limit: int) -> bool:
+        """Count ``n`` more read-ahead bytes, unless that would pass ``limit``."""
+        with self._count_lock:
+            if self.ahead + n > limit:
+                return False
+            self.ahead += n
+            return True
+
+    def unreserve(self, n: int) -> None:
+        with self._count_lock:
+            self.ahead -= n
+
+    def touch(self, identity: Any) -> None:
+        """Note a change to the data of the file ``identity`` (None: of any file), which
+        makes what was read ahead from it stale."""
+        with self._count_lock:
+            self._changes[identity] = self._changes.get(identity, 0) + 1
+
+    def changes(self, identity: Any) -> tuple[int, int]:
+        """What :meth:`touch` counted for ``identity``: read-ahead is valid while it stays."""
+        changes = self._changes
+        return changes.get(None, 0), changes.get(identity, 0)
+
+    def _submit(self, op: str, args: dict[str, Any], payload: Any, into: memoryview | None,
+                errors: list[dict[str, Any]] | None, cost: int, wait: bool,
+                block: bool = True, until: int = 0) -> Request | None:
         if self.broken:
             raise ConnectionError(self._reset, self.broken)
         if self.busy():
             raise RuntimeError("a home file operation started inside another one")
         try:
             with self._lock:
-                self._serial += 1
-                header = {"t": "fs", "op": op, "id": self._serial}
-                header.update(args)
-                head = self._dumps(header)  # may fail, harmlessly: nothing is sent yet
-                prefix = len(head).to_bytes(4, "big") + len(payload).to_bytes(4, "big")
-                views = [memoryview(prefix + head)]
-                if len(payload):
-                    views.append(memoryview(payload))
+                waiting = self._waiting
+                if not block and waiting and (self._in_flight + cost > WINDOW
+                                              or len(waiting) >= MAX_WAITING):
+                    return None
+                views: list[memoryview] = []
+                if op:
+                    self._serial += 1
+                    header = {"t": "fs", "op": op, "id": self._serial}
+                    header.update(args)
+                    head = self._dumps(header)  # may fail, harmlessly: nothing is sent yet
+                    prefix = len(head).to_bytes(4, "big") + len(payload).to_bytes(4, "big")
+                    views.append(memoryview(prefix + head))
+                    if len(payload):
+                        views.append(memoryview(payload))
                 self._owner = self._ident()
                 collecting = self._gc.isenabled()
                 try:
                     if collecting:
                         self._gc.disable()
-                    return self._transfer(views, into)
+                    if not op:  # only waiting for replies
+                        while waiting and waiting[0].id <= until:
+                            self._pump()
+                        return None
+                    while waiting and (self._in_flight + cost > WINDOW
+                                       or len(waiting) >= MAX_WAITING):
+                        self._pump()
+                    request = Request(self._serial, cost, into, errors)
+                    self._send(views)
+                    waiting.append(request)
+                    self._in_flight += cost
+                    if wait:
+                        while not request.done:
+                            self._pump()
+                    return request
                 except BaseException:
                     if not self.broken:  # stopped half-way: the stream is out of step now
                         self.broken = "lost the home node's file proxy (interrupted request)"
@@ -125,9 +229,9 @@ class Channel:
                 handler, signum, frame = self.pending.pop(0)
                 handler(signum, frame)
 
-    def _transfer(self, views: list[memoryview],
-                  into: memoryview | None) -> tuple[dict[str, Any], Any]:
-        self._send(views)
+    def _pump(self) -> None:
+        """Read the reply to the oldest request still waiting for one."""
+        request = self._waiting[0]
         prefix = self._recv(8)
         hlen, plen = int.from_bytes(prefix[:4], "big"), int.from_bytes(prefix[4:], "big")
         if hlen > self._limits[0] or plen > self._limits[1]:
@@ -138,12 +242,22 @@ class Channel:
             reply = None
         if not isinstance(reply, dict) or reply.get("t") != "fs_reply":
             self._fail("malformed reply")
+        if reply.get("id") != request.id:  # replies come in order: anything else is a bug
+            self._fail("reply out of order")
+        into = request.into
         if into is not None:
             if plen > len(into):
                 self._fail("reply larger than the request")
             self._recv_into(into[:plen])
-            return reply, plen
-        return reply, bytes(self._recv(plen)) if plen else b""
+            data: Any = plen
+        else:
+            data = self._recv(plen) if plen else b""
+        self._waiting.popleft()
+        self._in_flight -= request.cost
+        self._seen = request.id
+        request.reply, request.data, request.done = reply, data, True
+        if request.errors is not None and reply.get("ok") is not True:
+            request.errors.append(reply)
 
     def _fail(self, why: str) -> None:
         # The stream is out of step now: no later reply could be trusted.
@@ -198,7 +312,8 @@ CWD = "/"            # the task's working directory, as os.getcwd() shows it
 cwd_home = True      # whether CWD is on the home node
 roots: tuple[str, ...] = ()    # home directory prefixes, each ending in "/"
 local: tuple[str, ...] = ()    # prefixes that stay local even under a home root
-fds: dict[int, tuple[int, bool]] = {}   # placeholder descriptor -> (home handle, seekable)
+fds: dict[int, tuple[int, bool, Any, bool]] = {}
+"""placeholder descriptor -> (home handle, seekable, file identity, opened O_APPEND)"""
 index: dict[str, Any] = {}     # import finder: home directory -> {module name: kind}
 task_env: dict[str, str] = {}  # the MOSIX_* variables the daemon passed (plumbing removed from environ)
 
@@ -236,6 +351,8 @@ def call(op: str, args: dict[str, Any], user: Any = None, user2: Any = None,
     paths as the caller wrote them (``user``, ``user2``)."""
     if op in _CHANGES or (op == "open" and "O_CREAT" in args["flags"]):
         index.clear()  # the import finder must see new or removed modules
+    if op == "truncate" or (op == "open" and "O_TRUNC" in args["flags"]):
+        chan.touch(None)  # what files read ahead may be stale now
     reply, data = chan.call(op, args, payload, into)
     if reply.get("ok") is not True:
         code = reply.get("errno")
@@ -276,6 +393,25 @@ class HomeFileIO(io.RawIOBase):
     """The raw layer of a file open on the home node (a handle in mosrun), in the place of
     ``FileIO``: :func:`open` puts the usual buffered and text layers over it.
 
+    Streaming, so that bulk I/O is not bound by the round trip to home:
+
+    * Write-behind: under a buffer (what :func:`open` gives unless ``buffering=0``), a write is
+      sent without waiting for its reply; at most :data:`WINDOW` bytes are on their way, and
+      a writer faster than home blocks there. A failure comes back later and is raised, once,
+      by the next operation on the file, by ``flush()`` (which waits until home has written
+      everything) or by ``close()``, as ``OSError`` naming the file, much as buffered local
+      I/O may report a full disk only when it flushes. Writes to a regular file carry their
+      offset, so a failed one never shifts the data written after it.
+    * Read-ahead: after two full reads in a row from where the last one ended, the file asks
+      for the next chunks before they are needed, up to :data:`AHEAD_FILE` bytes (together
+      at most :data:`AHEAD_TOTAL` for all files), and hands them out as they come. A seek
+      elsewhere, a write or a truncation drops what was read ahead, as does a change the
+      task makes to the same file through another handle. Chunks are matched to their
+      requests by id, so nothing stale is ever returned; an end of file met while reading
+      ahead is checked again before it is reported.
+    * Lazy seeks: a seek on a regular file only moves the position kept here; home follows
+      when a request needs its position.
+
     ``fileno()`` is unsupported, except for files opened from a descriptor of
     ``proxyos``'s ``os.open`` and for Python sources read "rb" (see there)."""
 
@@ -288,7 +424,44 @@ class HomeFileIO(io.RawIOBase):
         self._seekable = bool(reply.get("seekable"))
         self._readable = "r" in mode or "+" in mode
         self._writable = "r" not in mode or "+" in mode
+        self._append = mode[0] == "a" or bool(reply.get("append"))
+        ident = reply.get("file")
+        self._ident = tuple(ident) if isinstance(ident, list) else None
+        # Only the file's own position decides where it reads and writes: through a descriptor
+        # os.lseek() and friends see home's position, which must then always be right.
+        self._exact = self._seekable and fd is None
+        self._behind = False      # a buffer sits on top (set by _layers): writes need not wait
+        self._errors: list[dict[str, Any]] = []   # failures of requests not waited for
+        self._last = 0            # id of the newest such request
+        self._reseek = False      # home's position may differ from _pos
+        self._ahead: Any = deque()  # read-ahead requests, in file order
+        self._taken = 0           # bytes of the first one already handed out
+        self._held = 0            # bytes asked for by those requests and not handed out
+        self._target = 0          # how far to read ahead now: grows while the reader keeps up
+        self._since: Any = None   # the channel's change counts when reading ahead started
+        self._streak = False      # the last read was full and sequential: read ahead next
+        self._eof = False         # a short chunk came back: ask for no more
         self._snapshot: Any = None
+
+    # -- state checks and late errors -------------------------------------------------------
+
+    def _ready(self, reading: bool = False, writing: bool = False) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if reading and not self._readable:
+            raise io.UnsupportedOperation("File not open for reading")
+        if writing and not self._writable:
+            raise io.UnsupportedOperation("File not open for writing")
+        if self._errors:
+            raise self._late()
+
+    def _late(self) -> OSError:
+        """The first failure of a request not waited for, to raise now (once)."""
+        reply = self._errors[0]
+        self._errors.clear()
+        code = reply.get("errno")
+        return OSError(code if isinstance(code, int) else errno.EIO,
+                       reply.get("strerror") or "home file error", self.name)
 
     def _rpc(self, op: str, args: dict[str, Any], payload: Any = b"",
              into: memoryview | None = None) -> tuple[dict[str, Any], Any]:
@@ -297,10 +470,21 @@ class HomeFileIO(io.RawIOBase):
         args["h"] = self._h
         reply, data = self._chan.call(op, args, payload, into)
         if reply.get("ok") is not True:
-            code = reply.get("errno")
-            raise OSError(code if isinstance(code, int) else errno.EIO,
-                          reply.get("strerror") or "home file error")
+            raise _error(reply)
         return reply, data
+
+    def _post(self, op: str, args: dict[str, Any], payload: Any = b"") -> None:
+        """Send a request whose failure is raised later (see :meth:`_late`)."""
+        args["h"] = self._h
+        request = self._chan.post(op, args, payload, self._errors, len(payload))
+        assert request is not None
+        self._last = request.id
+
+    def _resync(self) -> None:
+        """Bring home's position to ours before a request that depends on it."""
+        if self._reseek:
+            self._post("seek", {"pos": self._pos, "whence": 0})
+            self._reseek = False
 
     def _checked(self, answer: bool) -> bool:
         if self.closed:
@@ -319,37 +503,172 @@ class HomeFileIO(io.RawIOBase):
     def isatty(self) -> bool:
         return self._checked(False)
 
+    # -- reading -------------------------------------------------------------------------------
+
     def readinto(self, buffer: Any) -> int:
-        if not self._readable:
-            raise io.UnsupportedOperation("File not open for reading")
+        self._ready(reading=True)
         view = memoryview(buffer).cast("B")
-        want = min(len(view), CHUNK)
-        if not want:
+        if not len(view):
             return 0
+        fresh = False
+        while True:
+            if not self._ahead and self._streak:
+                fresh = self._start_ahead()
+            if not self._ahead:
+                return self._read_now(view)
+            chunk = self._chunk()
+            if chunk is None:
+                fresh = False
+                continue  # made stale by a change: read again
+            if not chunk:
+                # End of file, as home saw it when it read this chunk. Only an end met just
+                # now is reported: a file may grow while its reader is busy elsewhere.
+                self._drop_ahead()
+                self._streak = False  # a reader at the end (waiting for more, say) asks once
+                return 0 if fresh else self._read_now(view)
+            n = min(len(view), len(chunk))
+            view[:n] = chunk[:n]
+            self._advance(n)
+            return n
+
+    def readall(self) -> bytes:
+        # The inherited one reads 8 KiB per call. Read ahead at once instead (all of the file
+        # is wanted) and keep the chunks as they came, joined once at the end.
+        self._ready(reading=True)
+        parts: list[Any] = []
+        fresh = False
+        while True:
+            if not self._ahead and self._exact and self._pos is not None:
+                fresh = self._start_ahead() or fresh
+            if self._ahead:
+                chunk = self._chunk()
+                if chunk is None:
+                    continue
+                if not chunk:
+                    self._drop_ahead()
+                    if fresh:
+                        return b"".join(parts)
+                    fresh = True  # the next end of file met is a fresh one
+                    continue
+                parts.append(chunk)
+                self._advance(len(chunk))
+                continue
+            buf = bytearray(CHUNK)  # not seekable, or no room to read ahead: one at a time
+            n = self._read_now(memoryview(buf))
+            if not n:
+                return b"".join(parts)
+            parts.append(memoryview(buf)[:n] if n < CHUNK else buf)
+
+    def _read_now(self, view: memoryview) -> int:
+        """Read from home's position, waiting for the reply."""
+        self._resync()
+        want = min(len(view), CHUNK)
         _, n = self._rpc("read", {"n": want}, into=view[:want])
         if self._pos is not None:
             self._pos += n
+        self._streak = n == want and self._exact and self._pos is not None
         return n
 
-    def readall(self) -> bytes:
-        # The inherited one reads 8 KiB per call, a round trip each: read big chunks straight
-        # into buffers of their own, joined once at the end. (Reading into one BytesIO buffer
-        # through getbuffer() saves a copy, but an interrupt in the middle leaves the export
-        # in traceback frames, and CPython 3.12.1 then crashes collecting them at exit.)
-        if not self._readable:
-            raise io.UnsupportedOperation("File not open for reading")
-        chunks = []
-        while True:
-            buf = bytearray(CHUNK)
-            n = self.readinto(buf)
-            if not n:
-                return b"".join(chunks)
-            chunks.append(memoryview(buf)[:n] if n < CHUNK else buf)
+    def _start_ahead(self) -> bool:
+        """Start reading ahead from our position; whether anything was asked for."""
+        self._resync()
+        self._eof, self._target = False, 2 * AHEAD_CHUNK
+        self._since = self._chan.changes(self._ident)
+        self._fill()
+        return bool(self._ahead)
+
+    def _fill(self) -> None:
+        """Ask for more chunks, as far as the target, the budgets and the window allow."""
+        if self._eof:
+            return
+        for request in self._ahead:
+            if request.done and len(request.data) < request.cost:
+                return  # home met the end of the file: asking further would be in vain
+        chan, args = self._chan, {"h": self._h, "n": AHEAD_CHUNK}
+        while self._held < self._target:
+            if not chan.reserve(AHEAD_CHUNK, AHEAD_TOTAL):
+                return
+            request = chan.post("read", args, b"", None, AHEAD_CHUNK, block=False)
+            if request is None:
+                chan.unreserve(AHEAD_CHUNK)
+                return
+            self._ahead.append(request)
+            self._held += AHEAD_CHUNK
+
+    def _chunk(self) -> memoryview | None:
+        """What is left of the first chunk read ahead, once it has come (empty: home met the
+        end of the file); None when a change made all of them stale and they were dropped."""
+        if self._chan.changes(self._ident) != self._since:
+            self._drop_ahead()
+            return None
+        request = self._ahead[0]
+        if not request.done:
+            self._chan.wait(request.id)
+        if request.reply.get("ok") is not True:
+            self._drop_ahead()
+            raise _error(request.reply)
+        return memoryview(request.data)[self._taken:]
+
+    def _advance(self, n: int) -> None:
+        """``n`` bytes of the first chunk were handed out."""
+        self._taken += n
+        self._pos += n
+        request = self._ahead[0]
+        if self._taken < len(request.data):
+            return
+        self._ahead.popleft()
+        self._taken = 0
+        self._held -= request.cost
+        self._chan.unreserve(request.cost)
+        if len(request.data) < request.cost:
+            self._eof = True
+            return
+        self._target = min(2 * self._target, AHEAD_FILE)  # the reader keeps up: go further
+        self._fill()
+
+    def _drop_ahead(self) -> None:
+        """Give up what was read ahead; home's position is then somewhere past ours."""
+        if not self._ahead:
+            return
+        if self._taken or any(not r.done or r.data for r in self._ahead):
+            self._reseek = True
+        self._ahead.clear()  # replies still to come are read and thrown away by the channel
+        self._taken = 0
+        self._chan.unreserve(self._held)
+        self._held = 0
+
+    # -- writing, seeking ---------------------------------------------------------------------
 
     def write(self, data: Any) -> int:
-        if not self._writable:
-            raise io.UnsupportedOperation("File not open for writing")
-        view, done = memoryview(data).cast("B"), 0
+        self._ready(writing=True)
+        view = memoryview(data).cast("B")
+        if not len(view):
+            return 0
+        self._drop_ahead()
+        self._streak = False
+        self._chan.touch(self._ident)  # what other handles read ahead from this file is stale
+        if not self._behind:
+            return self._write_now(view)
+        at = self._pos if self._exact and not self._append else None
+        if at is None:
+            self._resync()
+        for start in range(0, len(view), CHUNK):
+            part = view[start:start + CHUNK]
+            if at is None:
+                self._post("write", {"all": True}, part)
+            else:
+                self._post("write", {"at": at + start}, part)
+        if at is not None:
+            self._pos = at + len(view)
+            self._reseek = True  # positioned writes leave home's position where it was
+        else:
+            self._pos = None  # an appending or unseekable file: home knows its position
+        return len(view)
+
+    def _write_now(self, view: memoryview) -> int:
+        """Write as FileIO does: wait, and return what home wrote."""
+        self._resync()
+        done = 0
         while done < len(view):
             part = view[done:done + CHUNK]
             reply, _ = self._rpc("write", {}, payload=part)
@@ -362,16 +681,43 @@ class HomeFileIO(io.RawIOBase):
     def seek(self, pos: int, whence: int = 0) -> int:
         if not isinstance(pos, int) or not isinstance(whence, int):
             raise TypeError("an integer is required")
+        self._ready()
+        if self._exact and self._pos is not None and whence in (0, 1):
+            target = pos if whence == 0 else self._pos + pos
+            if target >= 0:  # lseek(2) cannot fail then: home follows when it must
+                if target != self._pos:
+                    self._drop_ahead()
+                    self._streak = False
+                    self._pos, self._reseek = target, True
+                return target
+        self._drop_ahead()
+        self._streak = False
+        if whence == 1 and self._pos is not None:
+            pos, whence = self._pos + pos, 0  # ours is the position, not home's
         self._pos = self._rpc("seek", {"pos": pos, "whence": whence})[0]["pos"]
+        self._reseek = False
         return self._pos
 
     def tell(self) -> int:
-        return self._pos if self._pos is not None and not self.closed else self.seek(0, 1)
+        self._ready()
+        return self._pos if self._pos is not None else self.seek(0, 1)
 
     def truncate(self, size: int | None = None) -> int:
+        self._ready(writing=True)
         size = self.tell() if size is None else size
+        self._drop_ahead()
+        self._chan.touch(self._ident)
         self._rpc("ftruncate", {"size": size})
         return size
+
+    def flush(self) -> None:
+        """Wait until home has performed this file's writes; raise a failure among them."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if self._last and not self._chan.broken:
+            self._chan.wait(self._last)
+        if self._errors:
+            raise self._late()
 
     def fileno(self) -> int:
         if self._fd is not None:
@@ -389,15 +735,70 @@ class HomeFileIO(io.RawIOBase):
         if self.closed:
             return
         try:
-            if self._fd is not None:
-                if self._closefd:
-                    self._close_fd(self._fd)  # proxyos's os.close: the handle goes with it
-            elif not self._chan.broken:
-                self._rpc("close", {})
+            self._ahead.clear()
+            self._chan.unreserve(self._held)
+            self._held = 0
+            failure = None
+            try:
+                if self._last and not self._chan.broken:
+                    self._chan.wait(self._last)  # (a descriptor left open is not closed below)
+                if self._fd is not None:
+                    if self._closefd:
+                        self._close_fd(self._fd)  # proxyos's os.close: the handle goes with it
+                elif not self._chan.broken:
+                    self._rpc("close", {})
+            except OSError as exc:
+                failure = exc
+            if self._errors:
+                raise self._late()
+            if failure is not None:
+                raise failure
         finally:
+            self._last = 0  # nothing left to wait for when IOBase.close() flushes
             if self._snapshot is not None:
                 self._snapshot.close()
             super().close()
+
+
+def _error(reply: dict[str, Any]) -> OSError:
+    code = reply.get("errno")
+    return OSError(code if isinstance(code, int) else errno.EIO,
+                   reply.get("strerror") or "home file error")
+
+
+class BufferedWriter(io.BufferedWriter):
+    """``io.BufferedWriter`` whose ``flush()`` also waits until home has written the data, and
+    raises what failed there (see :class:`HomeFileIO`)."""
+
+    __module__ = "_io"  # type(f) and repr(f) show what they show for a local file
+
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()
+
+    def __repr__(self) -> str:
+        return _buffered_repr(self, "_io.BufferedWriter")
+
+
+class BufferedRandom(io.BufferedRandom):
+    """``io.BufferedRandom`` whose ``flush()`` waits as :class:`BufferedWriter`'s does."""
+
+    __module__ = "_io"
+
+    def flush(self) -> None:
+        super().flush()
+        self.raw.flush()
+
+    def __repr__(self) -> str:
+        return _buffered_repr(self, "_io.BufferedRandom")
+
+
+def _buffered_repr(buffer: Any, kind: str) -> str:
+    try:
+        name = buffer.name
+    except AttributeError:  # ValueError too propagates, as from the C type's repr
+        return f"<{kind}>"
+    return f"<{kind} name={name!r}>"
 
 
 def _snapshot(data: bytes) -> Any:
@@ -455,11 +856,12 @@ def _layers(raw: HomeFileIO, mode: str, text: bool, buffering: int, encoding: An
                 raise ValueError("can't have unbuffered text I/O")
             return raw
         if "+" in raw.mode:
-            buffer: Any = io.BufferedRandom(raw, buffering)
+            buffer: Any = BufferedRandom(raw, buffering)
         elif raw.mode[0] == "r":
             buffer = io.BufferedReader(raw, buffering)
         else:
-            buffer = io.BufferedWriter(raw, buffering)
+            buffer = BufferedWriter(raw, buffering)
+        raw._behind = True  # the buffer's flush() and close() wait for the writes
         if not text:
             return buffer
         wrapper = io.TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
@@ -476,8 +878,9 @@ def open(file: Any, mode: str = "r", buffering: int = -1, encoding: str | None =
     """``open()``: a home path is opened on the home node, anything else as usual."""
     if file.__class__ is int and file in fds:
         raw_mode, text = _check_mode(mode, encoding, errors, newline)
-        handle, seekable = fds[file]
-        raw = HomeFileIO(handle, file, raw_mode, {"seekable": seekable}, None, file, closefd)
+        handle, seekable, ident, append = fds[file]
+        raw = HomeFileIO(handle, file, raw_mode, {"seekable": seekable, "file": ident,
+                                                  "append": append}, None, file, closefd)
         return _layers(raw, mode, text, buffering, encoding, errors, newline)
     home = None if opener is not None else home_path(file)
     if home is None:

@@ -351,7 +351,9 @@ def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = No
               == getattr(os, n)]
     reply = fs.call("open", {"path": home, "flags": names, "perm": mode}, path)[0]
     fd = _real["open"]("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # reserves the number
-    fs.fds[fd] = (reply["h"], bool(reply.get("seekable")))
+    ident = reply.get("file")
+    fs.fds[fd] = (reply["h"], bool(reply.get("seekable")),
+                  tuple(ident) if isinstance(ident, list) else None, "O_APPEND" in names)
     if os.read is _real["read"]:
         for name, fn in _FD_CALLS.items():
             setattr(os, name, fn)
@@ -368,6 +370,8 @@ def _fd_call(name: str, op: str, args: Any, result: Any) -> Any:
         header = args(*rest)
         header["h"] = state[0]
         payload = memoryview(rest[0]).cast("B")[:fs.CHUNK] if op == "write" else b""
+        if op in ("write", "ftruncate"):
+            fs.chan.touch(state[2])  # what files read ahead from it may be stale now
         reply, data = fs.call(op, header, payload=payload)
         return result(reply, data)
     call.__name__ = call.__qualname__ = name

@@ -38,13 +38,17 @@ def resumable(**initial: object) -> ResumableState:
     global _state
     if _state is not None:
         return _state
-    restore = os.environ.pop("MOSIX_RESTORE_FILE", "")
+    restore = os.environ.pop("MOSIX_RESTORE_FD", "")
     if restore:
         from mosrun import checkpoint
 
-        _, _state = checkpoint.load_from_file(restore)
-        if not isinstance(_state, ResumableState):
-            raise TypeError(f"checkpoint {restore} does not hold a task state")
+        try:
+            _, _state = checkpoint.loads(_read_all(int(restore)))
+            if not isinstance(_state, ResumableState):
+                raise checkpoint.CheckpointError("the checkpoint does not hold a task state")
+        except BaseException:
+            end_replay()  # the user must see why the restored task failed
+            raise
     else:
         _state = ResumableState(**initial)
     end_replay()
@@ -53,6 +57,17 @@ def resumable(**initial: object) -> ResumableState:
         global _control
         _control = _Control(int(fd))
     return _state
+
+
+def _read_all(fd: int) -> bytearray:
+    """The checkpoint the node handed over as an open file (read with the real os.read)."""
+    data = bytearray()
+    try:
+        while chunk := os.read(fd, 1 << 22):
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
 
 
 def safepoint() -> None:
