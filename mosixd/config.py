@@ -38,6 +38,7 @@ class Config:
     window: int = 20
     down_after: float = 5.0
     log_level: str = "info"
+    balance: bool = True
     source: Path | None = field(default=None, compare=False)
 
 
@@ -66,6 +67,12 @@ def _peers(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
     return tuple(_address(key, v) for v in value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _choice(*choices: str) -> Callable[[str, Any], str]:
@@ -106,6 +113,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "gossip.window": ("window", _number(int, minimum=2)),
     "gossip.down_after": ("down_after", _number(float, minimum=0.1)),
     "log.level": ("log_level", _choice("debug", "info", "warning", "error")),
+    "policy.balance": ("balance", _flag),
 }
 _KEY_OF_FIELD = {fname: key for key, (fname, _) in _SCHEMA.items()}
 

@@ -104,6 +104,7 @@ def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
             python_args=[str(a) for a in header.get("python_args", [])], env=env,
             cwd=str(header["cwd"]), umask=int(header.get("umask", 0o022)) & 0o777,
             memory_mb=max(0, int(header.get("memory_mb", 0))), job_name=str(header.get("job_name", "")),
+            locked=bool(header.get("locked", False)),
             stdin_tty=ttys[0], stdout_tty=ttys[1], stderr_tty=ttys[2], uid=uid, started=time.time(),
         )
     except (KeyError, TypeError, ValueError) as exc:

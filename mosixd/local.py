@@ -97,8 +97,10 @@ def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file:
         f'state_dir = "{state_dir}"', f'key_file = "{key_file}"',
         "peers = [" + ", ".join(f'"{p}"' for p in plan.peers) + "]",
         "[load]", f'source = "{plan.load_source}"', f"cpus = {cpus}", f"speed = {speed:.4f}",
-        "[gossip]", *(f"{k} = {v}" for k, v in extra.items() if v is not None),
+        "[gossip]", *(f"{k} = {v}" for k, v in extra.items() if v is not None and k != "balance"),
     ]
+    if extra.get("balance") is False:
+        lines += ["[policy]", "balance = false"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -130,7 +132,8 @@ def run_local(args: argparse.Namespace) -> int:
     generate_key(key_file)
     speed = args.speed or calibrate_speed()  # once, not N times on a shared host
     cpus = args.cpus or max(1, round(detect_cpus() / n))
-    extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after}
+    extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after,
+             "balance": args.balance}
     nodes: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     for plan in plans:

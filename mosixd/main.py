@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, help="gossip entries per exchange (default 20)")
     p.add_argument("--down-after", type=float, help="seconds of silence before a node is down (default 5)")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--no-balance", dest="balance", action="store_const", const=False, default=None,
+                   help="never move tasks automatically (manual migrate still works)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
     p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
-              "cpus", "speed", "gossip_interval", "window", "down_after", "log_level")
+              "cpus", "speed", "gossip_interval", "window", "down_after", "log_level", "balance")
 
 
 def setup_logging(level: str, name: str) -> None:

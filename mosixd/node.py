@@ -30,6 +30,7 @@ from mosixd.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_s
 from mosixd.gossip import NodeState
 from mosixd.loadvector import LoadVector
 from mosixd.policy import Placement
+from mosixd.rebalance import MoveDecision, Rebalancer
 from mosixd.spawner import Spawner
 from mosixd.tasks import TaskTable
 from mosixd.wire import mosix_pb2 as pb
@@ -38,6 +39,7 @@ from mosixd.wire import mosix_pb2_grpc as rpc
 log = logging.getLogger("mosixd")
 
 SAMPLE_INTERVAL = 1.0
+BALANCE_INTERVAL = 1.0
 SERVER_OPTIONS = [
     # Two daemons must never share a port silently.
     ("grpc.so_reuseport", 0),
@@ -89,6 +91,7 @@ class NodeDaemon:
                                blocked=lambda: self._own().state is NodeState.BLOCKED)
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
         self.placement = Placement()
+        self.rebalancer = Rebalancer(rng=self._rng)
         self.home = HomeSessions(self)
         now = clock()
         self.view = GossipView(
@@ -189,6 +192,8 @@ class NodeDaemon:
         await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
         self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self._gossip_loop())]
+        if self.config.balance:
+            self._tasks.append(asyncio.create_task(self._balance_loop()))
         log.info("node %s up on %s (socket %s), generation %d, %d peer(s) to contact",
                  self.node_id, self.config.advertise, self.config.socket,
                  self.view.view(self._clock())[0].generation, len(self.config.peers))
@@ -257,6 +262,26 @@ class NodeDaemon:
                 continue
             self.view.set_load(vector, self._clock())
             self.placement.observe(self.cluster_view(), self._clock())
+
+    async def _balance_loop(self) -> None:
+        """Preemptive migration: once a second, maybe move one of the tasks running here."""
+        while True:
+            await asyncio.sleep(BALANCE_INTERVAL * self._rng.uniform(0.9, 1.1))
+            now = self._clock()
+            decision = self.rebalancer.decide(self.node_id, self.cluster_view(), self.tasks.running(now), now)
+            if decision is not None:
+                task = asyncio.create_task(self._auto_move(decision))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _auto_move(self, decision: MoveDecision) -> None:
+        log.info("balancing: moving %s to %s (%s)", decision.task_id, decision.target, decision.reason)
+        reply = await self.migrate(pb.MigrateRequest(task_id=decision.task_id, target=decision.target, uid=0))
+        if reply.ok:
+            self.rebalancer.moved(decision, self._clock())
+        else:
+            log.info("balancing: %s", reply.message)
+            self.rebalancer.failed(decision, self._clock())
 
     async def _gossip_loop(self) -> None:
         interval = self.config.gossip_interval

@@ -197,30 +197,34 @@ class Rebalancer:
         # term only adds to a cost, thrashing only slows). Then check the most promising
         # tasks fully, best bound first, until no bound can beat the best move found.
         own_load = here.demand / lv.capacity
-        cpu_costs: dict[tuple[str, float], float] = {}
+        # Per CPU demand (nearly always one value): this node's rate, and the targets where
+        # the task would run faster, fastest first, with the best the load rule allows.
+        by_cpu: dict[float, tuple[float, list[tuple[float, LoadVector, float]], float]] = {}
         bounds: list[tuple[float, str, RunningTask, float, float]] = []
         for task in candidates:
-            rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
-                                  self.thrash_slowdown)
-            faster = [(node_id, tv, t_demand, rate) for node_id, (tv, t_demand) in targets.items()
-                      if (rate := task_rate(tv, t_demand + task.cpu, 0.0,
-                                            self.thrash_slowdown)) > rate_here]
+            if task.cpu not in by_cpu:
+                rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
+                                      self.thrash_slowdown)
+                faster = sorted(
+                    ((rate, tv, t_demand) for tv, t_demand in targets.values()
+                     if (rate := task_rate(tv, t_demand + task.cpu, 0.0,
+                                           self.thrash_slowdown)) > rate_here),
+                    key=lambda f: -f[0])
+                by_load = next((rate for rate, tv, t_demand in faster
+                                if (t_demand + self.stability * task.cpu) / tv.capacity
+                                < own_load), 0.0)
+                by_cpu[task.cpu] = (rate_here, faster, by_load)
+            rate_here, faster, best_rate = by_cpu[task.cpu]
             if not faster:
                 continue
             cost_here = self._cost_here(task, here, a)
-            best_rate = 0.0
-            for node_id, tv, t_demand, rate in faster:
+            for rate, tv, t_demand in faster:
                 if rate <= best_rate:
-                    continue
-                if (t_demand + self.stability * task.cpu) / tv.capacity >= own_load:
-                    key = (node_id, task.cpu)
-                    cost = cpu_costs.get(key)
-                    if cost is None:
-                        cost = cpu_costs[key] = node_cost(a, cpu_demand=t_demand,
-                                                          capacity=tv.capacity, job_cpu=task.cpu)
-                    if cost >= self.reassign_ratio * cost_here:
-                        continue
-                best_rate = rate
+                    break
+                if node_cost(a, cpu_demand=t_demand, capacity=tv.capacity,
+                             job_cpu=task.cpu) < self.reassign_ratio * cost_here:
+                    best_rate = rate
+                    break
             if best_rate <= rate_here:
                 continue
             move_cost = self.migration_cost(task)

@@ -27,6 +27,7 @@ import psutil
 import mosrun
 from mosixd.loadvector import LoadVector
 from mosixd.policy import JobRequest, admit
+from mosixd.rebalance import RunningTask
 from mosixd.spawner import Spawner, SpawnFailed
 from mosixd.wire import mosix_pb2 as pb
 from mosrun import frames
@@ -72,6 +73,7 @@ class HostedTask:
     events: asyncio.Queue[pb.HostEvent | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))  # what goes home
     started: float = field(default_factory=time.time)
+    arrived: float = field(default_factory=time.monotonic)   # for minimum residency
     cpu: float = 0.0
     rss: int = 0
 
@@ -104,6 +106,14 @@ class TaskTable:
 
     def pids(self) -> list[int]:
         return [t.pid for t in self.tasks.values()]
+
+    def running(self, now: float) -> list[RunningTask]:
+        """The tasks this node runs, as the rebalancer sees them (``now`` on the node's clock)."""
+        wall = time.time()
+        return [RunningTask(task_id=t.spec.task_id, memory_mb=t.rss >> 20, age=max(0.0, wall - t.spec.started),
+                            state_bytes=t.rss, resident_since=t.arrived, locked=t.spec.locked,
+                            migratable=t.movable)
+                for t in self.tasks.values()]
 
     def counts(self) -> tuple[int, int]:
         """(local, guest) tasks running here, plus starts in progress counted as guests."""

@@ -38,7 +38,7 @@ STDIN_CHUNK = 64 * 1024
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
 USAGE = """\
-usage: mosrun [-b | -r NODE | -h] [-m MB] [-q] [-J NAME] [--node ADDR] [--local N] COMMAND [ARGS...]
+usage: mosrun [-b | -r NODE | -h] [-L] [-m MB] [-q] [-J NAME] [--node ADDR] [--local N] COMMAND [ARGS...]
 
 Run COMMAND on the best node of the mosix cluster, with this machine as its home: its output,
 input, signals, files (for Python programs) and exit status stay here.
@@ -46,6 +46,7 @@ input, signals, files (for Python programs) and exit status stay here.
   -b          run on the best node (default)
   -r NODE     run on NODE (a node id such as n2, or HOST:PORT)
   -h          run here, on the home node
+  -L          lock the task where it starts: the balancer never moves it (migrate still can)
   -m MB       the memory the task needs; only nodes with that much free are chosen
   -q          wait until a node can take the task instead of failing
   -J NAME     a name for the task (shown by mosps)
@@ -62,7 +63,7 @@ class UsageError(Exception):
 def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """mosrun's own options up to COMMAND; everything from COMMAND on is the task's."""
     opts: dict[str, Any] = {"where": "best", "node": "", "memory_mb": 0, "queue": False, "job_name": "",
-                            "home_node": None, "local": 0}
+                            "home_node": None, "local": 0, "locked": False}
     i = 0
     with_value = {"-r", "-m", "-J", "--node", "--local"}
     while i < len(argv):
@@ -93,6 +94,8 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             opts["where"], opts["node"] = "node", value
         elif name == "-q":
             opts["queue"] = True
+        elif name == "-L":
+            opts["locked"] = True
         elif name == "-J":
             opts["job_name"] = value
         elif name == "--node":
@@ -216,7 +219,7 @@ def build_launch(opts: dict[str, Any], command: list[str]) -> dict[str, Any]:
             "python_options": options, "python_args": program, "env": env, "cwd": os.getcwd(),
             "umask": umask, "ttys": [os.isatty(0), os.isatty(1), os.isatty(2)], "where": opts["where"],
             "node": opts["node"], "memory_mb": opts["memory_mb"], "queue": opts["queue"],
-            "job_name": opts["job_name"]}
+            "job_name": opts["job_name"], "locked": opts["locked"]}
 
 
 def fail(message: str, code: int) -> None:

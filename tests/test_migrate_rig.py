@@ -179,3 +179,101 @@ def test_only_the_owner_may_move_a_task(shared_rig3: LocalRig, tmp_path: Path) -
         proc.communicate(timeout=60)
     assert proc.returncode == 0
     del grpc
+
+
+BUSY = """
+    import time
+    from mosrun import resumable, safepoint
+
+    state = resumable(done=0)
+    end = time.time() + {seconds}
+    while time.time() < end:
+        for _ in range(20000):
+            state.done += 1
+        safepoint()
+    print("done")
+"""
+
+
+def test_the_balancer_spreads_four_tasks_from_one_node_to_two_and_two(tmp_path: Path) -> None:
+    from conftest import start_rig
+
+    rig = start_rig(2, tmp_path / "rig", "--cpus", "1")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for(rig.converged, 30)
+        work = tmp_path / "work"
+        work.mkdir()
+        write(work / "busy.py", BUSY.format(seconds=120))
+        procs = [start(rig, work, "busy.py", node="n1") for _ in range(4)]
+        wait_for(lambda: len([t for t in rig.tasks("n1") if t["state"] == "running"]) == 4, 20)
+
+        def spread() -> list[str]:
+            where = sorted(t["where"] for t in rig.tasks("n1"))
+            return where if where == ["n1", "n1", "n2", "n2"] else []
+
+        wait_for(spread, 60, 0.5)
+        time.sleep(5)  # and it stays so: no ping-pong
+        assert spread()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        rig.stop()
+
+
+def test_locked_tasks_are_left_alone_by_the_balancer(tmp_path: Path) -> None:
+    from conftest import start_rig
+
+    rig = start_rig(2, tmp_path / "rig", "--cpus", "1")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for(rig.converged, 30)
+        work = tmp_path / "work"
+        work.mkdir()
+        write(work / "busy.py", BUSY.format(seconds=60))
+        procs = [subprocess.Popen([str(BIN / "mosrun"), "-L", "-r", "n1", PY, "busy.py"], cwd=work, env=rig.env,
+                                  stdout=subprocess.DEVNULL) for _ in range(3)]
+        wait_for(lambda: len([t for t in rig.tasks("n1") if t["state"] == "running"]) == 3, 20)
+        time.sleep(12)
+        assert [t["where"] for t in rig.tasks("n1")] == ["n1"] * 3
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        rig.stop()
+
+
+def test_expel_empties_a_node_and_bring_calls_tasks_home(tmp_path: Path) -> None:
+    from conftest import start_rig
+
+    rig = start_rig(3, tmp_path / "rig", "--no-balance")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for(rig.converged, 30)
+        work = tmp_path / "work"
+        work.mkdir()
+        write(work / "job.py", COUNTER.format(steps=300, pause=0.05))
+        procs = [start(rig, work, "job.py", node="n2") for _ in range(2)]
+        wait_for(lambda: len([t for t in rig.tasks("n2") if t["where"] == "n2"]) == 2, 20)
+        out = rig.tool("mosctl", "--node", "n2", "expel", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("moved from n2 to") == 2
+        assert not rig.tasks("n2"), "no guest left on n2"
+        assert rig.view("n1")["n2"] in ("blocked", "up")
+        wait_for(lambda: rig.view("n1")["n2"] == "blocked", 10)
+        out = rig.tool("mosctl", "--node", "n1", "bring", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert sorted(t["where"] for t in rig.tasks("n1")) == ["n1", "n1"]
+        local = subprocess.run([PY, "job.py"], cwd=work, capture_output=True, timeout=60)
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, 0)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+        rig.stop()

@@ -108,7 +108,8 @@ class Bench:
         return _finish(proc, stdin, interrupt)
 
     def remote(self, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
-               interrupt: bool = False, options: tuple[str, ...] = ()) -> Run:
+               interrupt: bool = False, options: tuple[str, ...] = (),
+               home: type[HomeFiles] = HomeFiles) -> Run:
         self.reset()
         ours, theirs = socket.socketpair()
         full_env = dict(self.env, MOSIX_RUNTIME_FD=str(theirs.fileno()),
@@ -120,12 +121,13 @@ class Bench:
                                     pass_fds=[theirs.fileno()], cwd=self.scratch, env=full_env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
-        server = threading.Thread(target=_serve, args=(ours, HomeFiles(str(self.home))),
+        server = threading.Thread(target=_serve, args=(ours, home(str(self.home))),
                                   daemon=True)
         server.start()
         try:
             return _finish(proc, stdin, interrupt)
         finally:
+            server.join(5)  # what the task sent before it ended is done, as the daemon does it
             ours.shutdown(socket.SHUT_RDWR)
             server.join(TIMEOUT)
             ours.close()
@@ -696,3 +698,272 @@ def test_homefiles_operations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert files.handle({"t": "fs", "op": "modules", "dir": str(tmp_path)}, b"")[0]["big"]
     assert files.handle({"t": "fs", "op": "find", "dir": str(tmp_path), "name": "mod"},
                         b"")[0]["kind"] == "m"
+
+
+# -- streaming: write-behind and read-ahead ---------------------------------------------------------
+
+STREAMING = """\
+import hashlib, os, sys
+
+MiB = 1 << 20
+CHUNK = 4 * MiB
+SIZES = [0, 1, MiB - 1, MiB, MiB + 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345,
+         17 * MiB + 3]
+
+def digest(data):
+    return hashlib.sha256(data).hexdigest()[:16]
+
+def pattern(n, seed):
+    block = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32 + 1)
+    return (block * (n // len(block) + 1))[:n]
+
+for size in SIZES:
+    data = pattern(size, size)
+    name = f"f{size}.bin"
+    with open(name, "wb") as f:                  # one big write
+        f.write(data)
+    with open(name + ".small", "wb") as f:       # many small writes, through the buffer
+        for start in range(0, size, 100_003):
+            f.write(data[start:start + 100_003])
+    with open(name, "rb") as f:
+        whole = f.read()
+    with open(name + ".small", "rb") as f:       # odd-sized reads
+        parts = []
+        while block := f.read(300_007):
+            parts.append(block)
+    with open(name, "rb", buffering=0) as f:     # raw readinto of MiB pieces
+        buf, got = bytearray(MiB + 5), []
+        while n := f.readinto(buf):
+            got.append(bytes(buf[:n]))
+    print(size, os.path.getsize(name), whole == data, b"".join(parts) == data,
+          b"".join(got) == data, digest(whole))
+
+with open("text.txt", "w") as f:
+    for i in range(200_000):
+        print(f"line {i} " + "x" * (i % 97), file=f)
+with open("text.txt") as f:
+    lines = sum(1 for _ in f)
+with open("text.txt") as f:
+    f.readline()
+    where = f.tell()
+    rest = f.read()
+    f.seek(where)
+    again = f.read()
+print(lines, where, rest == again, len(rest))
+"""
+
+
+def test_large_files_written_and_read_back_identical(tmp_path: Path) -> None:
+    run = Bench(tmp_path, {"prog.py": STREAMING}).compare("prog.py")
+    assert run.out.count(b"True True True") == 10, run.out
+
+
+class _FullDisk(HomeFiles):
+    """Home whose disk fills up: a write that would take "out.bin" past 5 MiB fails with
+    ENOSPC, as would one to a full file system."""
+
+    LIMIT = 5 << 20
+
+    def handle(self, header: dict, payload: bytes | memoryview):  # type: ignore[override]
+        if header.get("op") == "write":
+            fd = self._files.get(header.get("h"))  # type: ignore[arg-type]
+            if fd is not None and os.readlink(f"/proc/self/fd/{fd}").endswith("/out.bin"):
+                end = header["at"] + len(payload) if "at" in header else os.fstat(fd).st_size + len(payload)
+                if end > self.LIMIT:
+                    return {"t": "fs_reply", "id": header["id"], "ok": False,
+                            "errno": errno.ENOSPC, "strerror": os.strerror(errno.ENOSPC),
+                            "filename": None, "filename2": None}, b""
+        return super().handle(header, payload)
+
+
+def test_a_late_write_error_is_raised_at_close_or_flush(tmp_path: Path) -> None:
+    prog = """\
+        import errno, os
+        block = b"z" * (3 << 20)
+        def attempt(label, steps):
+            try:
+                for step in steps:
+                    step()
+                print(label, "no error")
+            except OSError as exc:
+                print(label, step.__name__, errno.errorcode[exc.errno], exc.filename)
+        f = open("out.bin", "wb")
+        def write_twice():
+            f.write(block)      # 3 MiB: fits
+            f.write(block)      # past 5 MiB: refused, but the write returns before home says so
+        attempt("close", [write_twice, f.close])
+        print(f.closed, os.path.getsize("out.bin"))
+        f = open("out.bin", "r+b")
+        f.seek(0, os.SEEK_END)
+        attempt("flush", [write_twice, f.flush])
+        attempt("after", [f.close])        # reported once
+        f = open("out.bin", "wb", buffering=0)
+        def direct():
+            f.write(block)
+            f.write(block)
+        attempt("unbuffered", [direct, f.close])    # no buffer: the write itself fails
+        f.close()
+        g = open("other.bin", "wb")
+        g.write(block * 3)                           # other files are not limited
+        g.close()
+        print(os.path.getsize("other.bin"))
+        """
+    run = Bench(tmp_path, {"prog.py": prog}).remote("prog.py", home=_FullDisk)
+    assert run.out.decode().splitlines() == [
+        "close close ENOSPC out.bin",
+        "True 3145728",
+        "flush flush ENOSPC out.bin",
+        "after no error",
+        "unbuffered direct ENOSPC None",
+        str(9 << 20),
+    ], run.err
+    assert run.code == 0, run.err
+
+
+INTERLEAVED = """\
+import hashlib, io, os, random
+
+MiB = 1 << 20
+rng = random.Random(7)
+with open("data.bin", "wb") as f:
+    f.write(rng.randbytes(6 * MiB + 333))
+
+def h(data):
+    return hashlib.sha256(data).hexdigest()[:12]
+
+log = []
+for buffering in (-1, 0, 4096):
+    with open("data.bin", "r+b", buffering=buffering) as f:
+        for step in range(300):
+            op = rng.random()
+            if op < 0.35:
+                n = rng.choice([1, 100, 4096, MiB - 7, MiB, 2 * MiB + 1, 5 * MiB])
+                log.append(("read", n, h(f.read(n)), f.tell()))
+            elif op < 0.55:
+                n = rng.choice([1, 10, 5000, MiB + 3, 3 * MiB])
+                log.append(("write", f.write(rng.randbytes(n)), f.tell()))
+            elif op < 0.8:
+                whence = rng.choice([0, 1, 2])
+                offset = rng.randrange(-MiB, 7 * MiB) if whence else rng.randrange(8 * MiB)
+                try:
+                    log.append(("seek", f.seek(offset, whence)))
+                except OSError as exc:
+                    log.append(("seek", "error", exc.errno))
+            elif op < 0.85:
+                log.append(("truncate", f.truncate(rng.randrange(8 * MiB)), f.tell()))
+            elif op < 0.9:
+                f.flush()
+                log.append(("flush", os.path.getsize("data.bin")))
+            else:
+                log.append(("tell", f.tell()))
+print(h(repr(log).encode()), len(log))
+for entry in log[:40]:
+    print(entry)
+
+# A file read sequentially (so, read ahead) while another handle changes what lies ahead.
+with open("data.bin", "wb") as f:
+    f.write(b"a" * (12 * MiB))
+reader = open("data.bin", "rb", buffering=0)
+first = reader.read(MiB)
+second = reader.read(MiB)
+with open("data.bin", "r+b") as w:
+    w.seek(3 * MiB)
+    w.write(b"b" * MiB)
+print(first.count(b"a"), second.count(b"a"), [reader.read(MiB).count(b"b") for _ in range(3)])
+fd = os.open("data.bin", os.O_RDWR)
+os.lseek(fd, 6 * MiB, 0)
+os.write(fd, b"c" * 1000)
+print(reader.read(MiB).count(b"a"), reader.read(MiB)[:1000].count(b"c"))
+os.ftruncate(fd, 8 * MiB)
+os.close(fd)
+print(len(reader.read()), reader.tell())
+reader.close()
+os.truncate("data.bin", 100)
+print(os.path.getsize("data.bin"))
+"""
+
+
+def test_interleaved_reads_seeks_and_writes_as_local(tmp_path: Path) -> None:
+    run = Bench(tmp_path, {"prog.py": INTERLEAVED}).compare("prog.py")
+    assert run.code == 0 and b"('write'" in run.out, run.err
+
+
+def test_threads_stream_at_once(tmp_path: Path) -> None:
+    prog = """\
+        import hashlib, threading
+        MiB = 1 << 20
+        def work(k, out):
+            data = bytes([k]) * (5 * MiB + k)
+            with open(f"t{k}.bin", "wb") as f:
+                for start in range(0, len(data), 700_000):
+                    f.write(data[start:start + 700_000])
+            with open(f"t{k}.bin", "rb") as f:
+                out[k] = f.read() == data
+        out = {}
+        threads = [threading.Thread(target=work, args=(k, out)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(sorted(out.items()))
+        """
+    Bench(tmp_path, {"prog.py": prog}).compare("prog.py")
+
+
+def test_writes_not_waited_for_are_done_when_the_task_dies(tmp_path: Path) -> None:
+    # What reached the raw file is the OS's locally, and home's here, even without close().
+    prog = "import os\nf = open('out.bin', 'wb')\nf.write(b'q' * (9 << 20))\nos._exit(0)\n"
+    Bench(tmp_path, {"prog.py": prog}).compare("prog.py")
+
+
+def test_a_writer_faster_than_home_blocks(tmp_path: Path) -> None:
+    """Home stops answering: the task sends at most the window, then waits (bounded memory)."""
+    from mosrun import proxyfs
+
+    prog = ("block = b'w' * (1 << 20)\nwith open('out.bin', 'wb') as f:\n"
+            "    for _ in range(64):\n        f.write(block)\nprint('done')\n")
+    bench = Bench(tmp_path, {"prog.py": prog})
+    bench.reset()
+    ours, theirs = socket.socketpair()
+    env = dict(bench.env, MOSIX_RUNTIME_FD=str(theirs.fileno()), MOSIX_HOME_CWD=str(bench.home),
+               MOSIX_PROGRAM=PYTHON)
+    with theirs:
+        proc = subprocess.Popen([PYTHON, str(RUNTIME), "prog.py"], pass_fds=[theirs.fileno()],
+                                cwd=bench.scratch, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    files, held, received = HomeFiles(str(bench.home)), [], [0]
+    release = threading.Event()
+
+    def serve() -> None:
+        while (frame := frames.recv_frame(ours)) is not None:
+            if frame[0].get("op") == "write" or held:
+                received[0] += len(frame[1])
+                if not release.is_set():
+                    held.append(frame)  # no reply, and none to anything after it
+                    continue
+                for early in held:
+                    frames.send_frame(ours, *files.handle(*early))
+                held.clear()
+            frames.send_frame(ours, *files.handle(*frame))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while received[0] < proxyfs.WINDOW // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # time to send more, if it were going to
+        assert proc.poll() is None, proc.communicate()
+        assert 0 < received[0] <= proxyfs.WINDOW, received[0]
+        rss = int(re.search(rb"VmRSS:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_bytes())[1])
+        assert rss < 64 << 10, rss  # KiB: it buffered nothing of its own
+        release.set()
+        frames.send_frame(ours, *files.handle(*held.pop(0)))  # wakes the task: the rest follow
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert (proc.returncode, out) == (0, b"done\n"), err
+        assert (bench.home / "out.bin").stat().st_size == 64 << 20
+    finally:
+        proc.kill()
+        ours.shutdown(socket.SHUT_RDWR)
+        server.join(TIMEOUT)
+        ours.close()
