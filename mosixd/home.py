@@ -23,7 +23,7 @@ import pwd
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,8 @@ from mosixd.policy import JobRequest, NoRoom
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosrun import frames
+from mosrun.checkpoint import checkpoint_path, keep_last
+from mosrun.checkpoint import list_checkpoints as checkpoint_files
 
 if TYPE_CHECKING:
     from mosixd.node import NodeDaemon
@@ -48,7 +50,17 @@ CALL_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
+FREEZE_TIMEOUT = 30.0     # a task that reaches no safe point in this long is not checkpointed
+KEEP_CHECKPOINTS = 3
 SESSION_BUFFER = 4 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LaunchError(Exception):
@@ -84,6 +96,7 @@ class LiveTask:
     move_events: asyncio.Queue[pb.HostEvent | None] | None = None
     switch_to: tuple[grpc.aio.StreamStreamCall, str] | None = None
     freezes: int = 0
+    freeze_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one move or checkpoint at a time
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -105,6 +118,7 @@ def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
             cwd=str(header["cwd"]), umask=int(header.get("umask", 0o022)) & 0o777,
             memory_mb=max(0, int(header.get("memory_mb", 0))), job_name=str(header.get("job_name", "")),
             locked=bool(header.get("locked", False)),
+            checkpoint_every=max(0.0, float(header.get("checkpoint_every", 0.0) or 0.0)),
             stdin_tty=ttys[0], stdout_tty=ttys[1], stderr_tty=ttys[2], uid=uid, started=time.time(),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -202,10 +216,16 @@ class HomeSessions:
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send)
             live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
+            storing = asyncio.create_task(self._store_checkpoints(live)) if spec.checkpoint_every else None
             try:
                 record.state, record.where = "running", node_id
                 await self._relay(live, reader, send)
             finally:
+                if storing is not None:
+                    storing.cancel()
+                    await asyncio.gather(storing, return_exceptions=True)
+                for old in checkpoint_files(self._checkpoint_dir, task_id):
+                    old.unlink(missing_ok=True)
                 live.call.cancel()
                 if live.switch_to:
                     live.switch_to[0].cancel()
@@ -279,8 +299,9 @@ class HomeSessions:
             return pb.MigrateReply(ok=False, message=f"no running task {task_id} has its home on {self._node.node_id}")
         if uid not in (0, live.spec.uid):
             return pb.MigrateReply(ok=False, message=f"only the owner of task {task_id} ({live.spec.user}) or root may move it")
-        if live.move_events is not None:
-            return pb.MigrateReply(ok=False, message=f"task {task_id} is already moving")
+        if live.freeze_lock.locked():
+            return pb.MigrateReply(ok=False, node=live.node_id,
+                                   message=f"task {task_id} is already moving or being checkpointed")
         if not live.movable:
             return pb.MigrateReply(ok=False, node=live.node_id, message=(
                 f"task {task_id} cannot move: it has no safe points (a Python task must call mosrun.resumable())"))
@@ -290,11 +311,12 @@ class HomeSessions:
             return pb.MigrateReply(ok=False, node=live.node_id, message=str(exc))
         if target_id == live.node_id:
             return pb.MigrateReply(ok=True, node=live.node_id, message=f"task {task_id} already runs on {target_id}")
-        live.move_events = asyncio.Queue()
-        try:
-            return await self._move(live, target_id, address)
-        finally:
-            live.move_events = None
+        async with live.freeze_lock:
+            live.move_events = asyncio.Queue()
+            try:
+                return await self._move(live, target_id, address)
+            finally:
+                live.move_events = None
 
     def _move_target(self, live: LiveTask, target: str) -> tuple[str, str]:
         views = self._node.cluster_view()
@@ -423,6 +445,8 @@ class HomeSessions:
                     if live.switch_to is not None:
                         self._switch(live)  # the source died after the target took over
                         continue
+                    if await self._failover(live, send):
+                        continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} running task {spec.task_id} was lost "
                                            f"({exc.code().name.lower()})"})
@@ -430,6 +454,8 @@ class HomeSessions:
                 if event is grpc.aio.EOF:
                     if live.switch_to is not None:
                         self._switch(live)
+                        continue
+                    if await self._failover(live, send):
                         continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
@@ -457,6 +483,103 @@ class HomeSessions:
             # stream may have only one reader.
             upstream.cancel()
             await asyncio.gather(upstream, return_exceptions=True)
+
+    @property
+    def _checkpoint_dir(self) -> Path:
+        return self._node.config.state_dir / "checkpoints"
+
+    async def _store_checkpoints(self, live: LiveTask) -> None:
+        """mosrun -A: every so often, checkpoint the task to this (home) node."""
+        while True:
+            await asyncio.sleep(live.spec.checkpoint_every)
+            if not live.movable or live.freeze_lock.locked():
+                continue
+            async with live.freeze_lock:
+                live.move_events = asyncio.Queue()
+                try:
+                    await self._store_one(live)
+                except OSError as exc:  # a full disk must not end the task
+                    log.warning("task %s: checkpoint not stored: %s", live.spec.task_id, exc)
+                finally:
+                    live.move_events = None
+
+    async def _store_one(self, live: LiveTask) -> None:
+        assert live.move_events is not None
+        live.freezes += 1
+        freeze_id, epoch = live.freezes, live.spec.epoch + live.freezes
+        directory = self._checkpoint_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        final = checkpoint_path(directory, live.spec.task_id, epoch)
+        tmp = final.with_name(f".{final.name}.tmp")
+        await self._to_task(live, pb.HomeMessage(freeze=freeze_id))
+        try:
+            with open(tmp, "wb") as out:
+                while True:
+                    event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
+                    kind = event.WhichOneof("kind") if event is not None else None
+                    if kind == "checkpoint":
+                        out.write(event.checkpoint)
+                    elif kind == "frozen":
+                        out.flush()
+                        os.fsync(out.fileno())
+                        break
+                    else:
+                        log.info("task %s: no checkpoint this time (%s)", live.spec.task_id,
+                                 event.freeze_failed if kind == "freeze_failed" else "its node is gone")
+                        return
+            os.replace(tmp, final)
+            _fsync_dir(directory)
+            keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
+        except TimeoutError:
+            log.warning("task %s: checkpoint timed out", live.spec.task_id)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(*CALL_ERRORS):
+                await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+
+    async def _failover(self, live: LiveTask, send: Any) -> bool:
+        """The node running the task is gone: restart it elsewhere from its latest checkpoint."""
+        files = checkpoint_files(self._checkpoint_dir, live.spec.task_id) if live.spec.checkpoint_every else []
+        if not files:
+            return False
+        latest, dead = files[-1], live.node_id
+        stored_at = time.strftime("%H:%M:%S", time.localtime(latest.stat().st_mtime))
+        spec = pb.TaskSpec()
+        spec.CopyFrom(live.spec)
+        spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        try:
+            choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])
+        except NoRoom:
+            return False
+        for choice in choices:
+            call = rpc.HostStub(self._node.channel(choice.address)).Execute()
+            try:
+                await call.write(pb.HomeMessage(reserve=spec))
+                event = await asyncio.wait_for(call.read(), 10)
+                if event is grpc.aio.EOF or event.WhichOneof("kind") != "reserved":
+                    call.cancel()
+                    continue
+                with open(latest, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        await call.write(pb.HomeMessage(checkpoint=chunk))
+                await call.write(pb.HomeMessage(start=spec))
+                event = await asyncio.wait_for(call.read(), 30)
+            except (*CALL_ERRORS, TimeoutError, OSError):
+                call.cancel()
+                continue
+            if event is grpc.aio.EOF or event.WhichOneof("kind") != "started":
+                call.cancel()
+                continue
+            live.call.cancel()
+            live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
+            live.spec.epoch = spec.epoch
+            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} was lost; "
+                                               f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})
+            log.info("task %s: restarted on %s from %s after %s was lost", live.spec.task_id, choice.node_id,
+                     latest.name, dead)
+            return True
+        return False
 
     @staticmethod
     def _switch(live: LiveTask) -> None:

@@ -38,7 +38,7 @@ STDIN_CHUNK = 64 * 1024
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
 USAGE = """\
-usage: mosrun [-b | -r NODE | -h] [-L] [-m MB] [-q] [-J NAME] [--node ADDR] [--local N] COMMAND [ARGS...]
+usage: mosrun [-b | -r NODE | -h] [-L] [-A SECONDS] [-m MB] [-q] [-J NAME] [--node ADDR] [--local N] COMMAND [ARGS...]
 
 Run COMMAND on the best node of the mosix cluster, with this machine as its home: its output,
 input, signals, files (for Python programs) and exit status stay here.
@@ -47,6 +47,8 @@ input, signals, files (for Python programs) and exit status stay here.
   -r NODE     run on NODE (a node id such as n2, or HOST:PORT)
   -h          run here, on the home node
   -L          lock the task where it starts: the balancer never moves it (migrate still can)
+  -A SECONDS  checkpoint the task to this node every SECONDS; if the node running it dies,
+              it is restarted elsewhere from the latest checkpoint
   -m MB       the memory the task needs; only nodes with that much free are chosen
   -q          wait until a node can take the task instead of failing
   -J NAME     a name for the task (shown by mosps)
@@ -63,9 +65,9 @@ class UsageError(Exception):
 def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """mosrun's own options up to COMMAND; everything from COMMAND on is the task's."""
     opts: dict[str, Any] = {"where": "best", "node": "", "memory_mb": 0, "queue": False, "job_name": "",
-                            "home_node": None, "local": 0, "locked": False}
+                            "home_node": None, "local": 0, "locked": False, "checkpoint_every": 0.0}
     i = 0
-    with_value = {"-r", "-m", "-J", "--node", "--local"}
+    with_value = {"-r", "-m", "-J", "-A", "--node", "--local"}
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-") or arg == "-":
@@ -79,7 +81,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
         name, value = arg, None
         if arg.startswith("--") and "=" in arg:
             name, value = arg.split("=", 1)
-        elif arg[:2] in ("-r", "-m", "-J") and len(arg) > 2:
+        elif arg[:2] in ("-r", "-m", "-J", "-A") and len(arg) > 2:
             name, value = arg[:2], arg[2:]
         if name in with_value and value is None:
             if i + 1 >= len(argv):
@@ -96,6 +98,13 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             opts["queue"] = True
         elif name == "-L":
             opts["locked"] = True
+        elif name == "-A":
+            try:
+                opts["checkpoint_every"] = float(value or "")
+            except ValueError:
+                opts["checkpoint_every"] = 0.0
+            if not opts["checkpoint_every"] > 0:
+                raise UsageError(f"option -A takes a positive number of seconds, got {value!r}")
         elif name == "-J":
             opts["job_name"] = value
         elif name == "--node":
@@ -219,7 +228,7 @@ def build_launch(opts: dict[str, Any], command: list[str]) -> dict[str, Any]:
             "python_options": options, "python_args": program, "env": env, "cwd": os.getcwd(),
             "umask": umask, "ttys": [os.isatty(0), os.isatty(1), os.isatty(2)], "where": opts["where"],
             "node": opts["node"], "memory_mb": opts["memory_mb"], "queue": opts["queue"],
-            "job_name": opts["job_name"], "locked": opts["locked"]}
+            "job_name": opts["job_name"], "locked": opts["locked"], "checkpoint_every": opts["checkpoint_every"]}
 
 
 def fail(message: str, code: int) -> None:
@@ -383,6 +392,8 @@ class Session:
         elif kind == "error":
             sys.stderr.write(f"mosrun: {header.get('message', 'failed')}\n")
             self.status = int(header.get("code", EXIT_LAUNCH))
+        elif kind == "notice":
+            sys.stderr.write(f"mosrun: {header.get('text', '')}\n")
         elif kind == "queued":
             sys.stderr.write(f"mosrun: waiting for a node to take the task ({header.get('reason', '')})\n")
 

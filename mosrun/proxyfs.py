@@ -116,7 +116,12 @@ class Channel:
         self._dumps, self._loads = _codec()
         self._ident, self._readv, self._writev = _thread.get_ident, os.readv, os.writev
         self._gc, self._limits, self._reset = gc, (MAX_HEADER, MAX_PAYLOAD), errno.ECONNRESET
-        self._deque = deque
+        # Non-blocking, so that while a request waits for room on the way out, the replies
+        # coming back are read: the other side may be waiting for that room itself.
+        import select  # now: from inside a request, importing would ask the import hook
+        os.set_blocking(fd, False)
+        self._poller, self._in, self._out = select.poll(), select.POLLIN, select.POLLOUT
+        self._poller.register(fd, self._in)
 
     def busy(self) -> bool:
         """Whether the calling thread is in the middle of a request."""
@@ -264,9 +269,12 @@ class Channel:
         self.broken = f"lost the home node's file proxy ({why})"
         raise ConnectionError(self._reset, self.broken)
 
-    def _io(self, fn: Any, views: list[memoryview]) -> int:
+    def _io(self, fn: Any, views: list[memoryview]) -> int | None:
+        """``fn`` (readv or writev) on the socket: bytes moved, or None if it would block."""
         try:
             return fn(self.fd, views)
+        except BlockingIOError:
+            return None
         except OSError as exc:
             self._fail(exc.strerror or str(exc))
             raise
@@ -274,15 +282,35 @@ class Channel:
     def _send(self, views: list[memoryview]) -> None:
         while views:
             n = self._io(self._writev, views)
+            if n is None:
+                self._await_room()
+                continue
             while n:
                 if n >= len(views[0]):
                     n -= len(views.pop(0))
                 else:
                     views[0], n = views[0][n:], 0
 
+    def _await_room(self) -> None:
+        """Wait until the socket takes more; meanwhile read the replies that come, which
+        home (or a relay) may be unable to send until we do."""
+        reading = bool(self._waiting)
+        self._poller.modify(self.fd, self._out | (self._in if reading else 0))
+        try:
+            events = 0
+            for _, happened in self._poller.poll():
+                events |= happened
+        finally:
+            self._poller.modify(self.fd, self._in)
+        if reading and events & self._in and not events & self._out:
+            self._pump()
+
     def _recv_into(self, view: memoryview) -> None:
         while view:
             n = self._io(self._readv, [view])
+            if n is None:
+                self._poller.poll()
+                continue
             if not n:
                 self._fail("connection closed")
             view = view[n:]
@@ -433,6 +461,7 @@ class HomeFileIO(io.RawIOBase):
         self._behind = False      # a buffer sits on top (set by _layers): writes need not wait
         self._errors: list[dict[str, Any]] = []   # failures of requests not waited for
         self._last = 0            # id of the newest such request
+        self._covered = 0         # failures of requests up to this id were reported already
         self._reseek = False      # home's position may differ from _pos
         self._ahead: Any = deque()  # read-ahead requests, in file order
         self._taken = 0           # bytes of the first one already handed out
@@ -453,15 +482,19 @@ class HomeFileIO(io.RawIOBase):
         if writing and not self._writable:
             raise io.UnsupportedOperation("File not open for writing")
         if self._errors:
-            raise self._late()
+            self._raise_late()
 
-    def _late(self) -> OSError:
-        """The first failure of a request not waited for, to raise now (once)."""
-        reply = self._errors[0]
-        self._errors.clear()
-        code = reply.get("errno")
-        return OSError(code if isinstance(code, int) else errno.EIO,
-                       reply.get("strerror") or "home file error", self.name)
+    def _raise_late(self) -> None:
+        """Raise the first failure of the requests not waited for, if any is new: one report
+        covers all the writes that were on their way when it is made."""
+        errors, covered = self._errors, self._covered
+        reply = next((r for r in errors if r.get("id", 0) > covered), None)
+        errors.clear()
+        if reply is not None:
+            self._covered = self._last
+            code = reply.get("errno")
+            raise OSError(code if isinstance(code, int) else errno.EIO,
+                          reply.get("strerror") or "home file error", self.name)
 
     def _rpc(self, op: str, args: dict[str, Any], payload: Any = b"",
              into: memoryview | None = None) -> tuple[dict[str, Any], Any]:
@@ -717,7 +750,7 @@ class HomeFileIO(io.RawIOBase):
         if self._last and not self._chan.broken:
             self._chan.wait(self._last)
         if self._errors:
-            raise self._late()
+            self._raise_late()
 
     def fileno(self) -> int:
         if self._fd is not None:
@@ -750,7 +783,7 @@ class HomeFileIO(io.RawIOBase):
             except OSError as exc:
                 failure = exc
             if self._errors:
-                raise self._late()
+                self._raise_late()
             if failure is not None:
                 raise failure
         finally:

@@ -277,3 +277,50 @@ def test_expel_empties_a_node_and_bring_calls_tasks_home(tmp_path: Path) -> None
                 proc.terminate()
                 proc.wait(timeout=30)
         rig.stop()
+
+
+def test_with_checkpoints_a_task_survives_the_death_of_its_node(tmp_path: Path) -> None:
+    from conftest import start_rig
+
+    rig = start_rig(3, tmp_path / "rig", "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        work = tmp_path / "work"
+        work.mkdir()
+        write(work / "job.py", COUNTER.format(steps=80, pause=0.05))
+        local = subprocess.run([PY, "job.py"], cwd=work, capture_output=True, timeout=60)
+        proc = subprocess.Popen([str(BIN / "mosrun"), "-A", "0.5", "-r", "n2", PY, "job.py"], cwd=work,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=rig.env)
+        running_task(rig)
+        checkpoints = Path(rig.node("n1")["state_dir"]) / "checkpoints"
+        wait_for(lambda: list(checkpoints.glob("*.ckpt")), 20)
+        time.sleep(1.0)
+        os.kill(rig.node("n2")["pid"], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        notices = [line for line in stderr.decode().splitlines() if line.startswith("mosrun:")]
+        assert len(notices) == 1 and "node n2 running task" in notices[0] and "restarted on n" in notices[0]
+        # Output after the last checkpoint may come twice; nothing is missing and the end is right.
+        lines = stdout.decode().splitlines()
+        assert lines[-1] == local.stdout.decode().splitlines()[-1]
+        assert set(lines) == set(local.stdout.decode().splitlines())
+        assert not list(checkpoints.glob("*.ckpt")), "stored checkpoints are removed when the task ends"
+    finally:
+        rig.stop()
+
+
+def test_without_checkpoints_the_loss_is_reported(tmp_path: Path) -> None:
+    from conftest import start_rig
+
+    rig = start_rig(2, tmp_path / "rig", "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        write(tmp_path / "job.py", COUNTER.format(steps=200, pause=0.05))
+        proc = start(rig, tmp_path, "job.py")
+        running_task(rig)
+        os.kill(rig.node("n2")["pid"], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 255
+        assert stderr.decode().splitlines()[-1].startswith("mosrun: node n2 running task n1.")
+    finally:
+        rig.stop()
