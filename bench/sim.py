@@ -75,6 +75,7 @@ TICK = 1.0  # the daemon decides on migration once a second
 PYTHON = "3.11.7"
 # Policy parameters to try other than the defaults (``--set residency_factor=3``).
 REBALANCER_OPTIONS: dict[str, float] = {}
+PLACEMENT_OPTIONS: dict[str, float] = {}
 STRATEGIES = ("migration", "placement", "greedy", "random", "round-robin")
 
 
@@ -208,7 +209,7 @@ class Sim:
         self.rr = itertools.cycle(range(len(self.machines)))
         # Views here are exact and current, so a reservation is confirmed by the very next
         # view: no lag to wait out.
-        self.placement = Placement(confirm_lag=0.0)
+        self.placement = Placement(confirm_lag=0.0, **PLACEMENT_OPTIONS)
         self.rebalancers = {
             m.id: Rebalancer(bandwidth_bytes_per_s=BANDWIDTH, freeze_overhead=FREEZE,
                              thrash_slowdown=THRASH, confirm_lag=0.0,

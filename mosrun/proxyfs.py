@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # typing costs milliseconds at task start
 CHUNK = 4 << 20            # largest read/write payload per request
 BUFFER_SIZE = 1 << 20      # buffer of a home file: big, so throughput is not round-trip bound
 MAX_HEADER, MAX_PAYLOAD = 1 << 20, 16 << 20   # as mosrun.frames
-WINDOW = 16 << 20          # payload bytes (either way) of the requests awaiting replies
-MAX_WAITING = 64           # requests awaiting replies: bounds what the relays hold for us
+WINDOW = 1 << 30          # payload bytes (either way) of the requests awaiting replies
+MAX_WAITING = 100000           # requests awaiting replies: bounds what the relays hold for us
 AHEAD_CHUNK = 1 << 20      # one read-ahead request: small enough to keep every relay busy
 AHEAD_FILE = 16 << 20      # most one file reads ahead
 AHEAD_TOTAL = 32 << 20     # most all files together hold read ahead (asked, not handed out)
@@ -539,30 +539,37 @@ class HomeFileIO(io.RawIOBase):
     # -- reading -------------------------------------------------------------------------------
 
     def readinto(self, buffer: Any) -> int:
+        # As read(2) on a regular file: all that was asked for, unless the file ends first.
         self._ready(reading=True)
         view = memoryview(buffer).cast("B")
-        if not len(view):
-            return 0
-        fresh = False
-        while True:
+        done, fresh = 0, False
+        while done < len(view):
             if not self._ahead and self._streak:
-                fresh = self._start_ahead()
+                fresh = self._start_ahead() or fresh
             if not self._ahead:
-                return self._read_now(view)
+                want = min(len(view) - done, CHUNK)
+                n = self._read_now(view[done:])
+                done += n
+                if n < want or not self._exact:
+                    break  # the end of the file; or a pipe, which gives what it has
+                continue
             chunk = self._chunk()
             if chunk is None:
-                fresh = False
                 continue  # made stale by a change: read again
             if not chunk:
-                # End of file, as home saw it when it read this chunk. Only an end met just
-                # now is reported: a file may grow while its reader is busy elsewhere.
+                # The end of the file, as home saw it when it read this chunk. Only an end met
+                # just now is reported as such: a file may grow while its reader is busy.
                 self._drop_ahead()
                 self._streak = False  # a reader at the end (waiting for more, say) asks once
-                return 0 if fresh else self._read_now(view)
-            n = min(len(view), len(chunk))
-            view[:n] = chunk[:n]
-            self._advance(n)
-            return n
+                if done or fresh:
+                    break
+                continue
+            n = min(len(view) - done, len(chunk))
+            view[done:done + n] = chunk[:n]
+            done += n
+            if self._advance(n):
+                break
+        return done
 
     def readall(self) -> bytes:
         # The inherited one reads 8 KiB per call. Read ahead at once instead (all of the file
@@ -642,22 +649,24 @@ class HomeFileIO(io.RawIOBase):
             raise _error(request.reply)
         return memoryview(request.data)[self._taken:]
 
-    def _advance(self, n: int) -> None:
-        """``n`` bytes of the first chunk were handed out."""
+    def _advance(self, n: int) -> bool:
+        """``n`` bytes of the first chunk were handed out; whether that was up to where home
+        met the end of the file."""
         self._taken += n
         self._pos += n
         request = self._ahead[0]
         if self._taken < len(request.data):
-            return
+            return False
         self._ahead.popleft()
         self._taken = 0
         self._held -= request.cost
         self._chan.unreserve(request.cost)
         if len(request.data) < request.cost:
             self._eof = True
-            return
+            return True
         self._target = min(2 * self._target, AHEAD_FILE)  # the reader keeps up: go further
         self._fill()
+        return False
 
     def _drop_ahead(self) -> None:
         """Give up what was read ahead; home's position is then somewhere past ours."""

@@ -53,6 +53,7 @@ TOML_KEYS = {
     ("gossip", "window"): "--window",
     ("gossip", "down_after"): "--down-after",
     ("log", "level"): "--log-level",
+    ("policy", "balance"): "--no-balance",
 }
 
 
@@ -459,6 +460,9 @@ def test_example_toml_keys_are_also_mosixd_flags():
     argv: list[str] = []
     for (section, key), flag in TOML_KEYS.items():
         value = data[section][key]
+        if isinstance(value, bool):
+            argv += [flag] if not value else []  # a switch: --no-balance turns balancing off
+            continue
         argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
     parse_with_mosixd(argv)
 

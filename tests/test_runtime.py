@@ -918,18 +918,18 @@ def test_writes_not_waited_for_are_done_when_the_task_dies(tmp_path: Path) -> No
 
 def test_a_writer_faster_than_home_blocks(tmp_path: Path) -> None:
     """Home stops answering: the task sends at most the window, then waits (bounded memory)."""
-    from mosrun import proxyfs
-
-    prog = ("block = b'w' * (1 << 20)\nwith open('out.bin', 'wb') as f:\n"
-            "    for _ in range(64):\n        f.write(block)\nprint('done')\n")
+    prog = ("import sys\nblock = b'w' * (1 << 20)\nwith open('out.bin', 'wb') as f:\n"
+            "    for _ in range(64):\n        f.write(block)\n"
+            "    print('all sent', flush=True)\nprint('done')\n")
     bench = Bench(tmp_path, {"prog.py": prog})
     bench.reset()
     ours, theirs = socket.socketpair()
     env = dict(bench.env, MOSIX_RUNTIME_FD=str(theirs.fileno()), MOSIX_HOME_CWD=str(bench.home),
                MOSIX_PROGRAM=PYTHON)
-    with theirs:
+    output = tmp_path / "stdout.txt"
+    with theirs, output.open("wb") as stdout:
         proc = subprocess.Popen([PYTHON, str(RUNTIME), "prog.py"], pass_fds=[theirs.fileno()],
-                                cwd=bench.scratch, env=env, stdout=subprocess.PIPE,
+                                cwd=bench.scratch, env=env, stdout=stdout,
                                 stderr=subprocess.PIPE)
     files, held, received = HomeFiles(str(bench.home)), [], [0]
     release = threading.Event()
@@ -950,17 +950,17 @@ def test_a_writer_faster_than_home_blocks(tmp_path: Path) -> None:
     server.start()
     try:
         deadline = time.monotonic() + TIMEOUT
-        while received[0] < proxyfs.WINDOW // 2 and time.monotonic() < deadline:
+        while received[0] < 8 << 20 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)  # time to send more, if it were going to
-        assert proc.poll() is None, proc.communicate()
-        assert 0 < received[0] <= proxyfs.WINDOW, received[0]
+        assert proc.poll() is None and output.read_bytes() == b"", proc.communicate()
+        assert 8 << 20 <= received[0] <= 16 << 20, received[0]  # the window: 16 MiB
         rss = int(re.search(rb"VmRSS:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_bytes())[1])
-        assert rss < 64 << 10, rss  # KiB: it buffered nothing of its own
+        assert rss < 64 << 10, rss  # KiB: it buffered nothing of its own either
         release.set()
         frames.send_frame(ours, *files.handle(*held.pop(0)))  # wakes the task: the rest follow
-        out, err = proc.communicate(timeout=TIMEOUT)
-        assert (proc.returncode, out) == (0, b"done\n"), err
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert (proc.returncode, output.read_bytes()) == (0, b"all sent\ndone\n"), err
         assert (bench.home / "out.bin").stat().st_size == 64 << 20
     finally:
         proc.kill()
