@@ -33,6 +33,7 @@ class Config:
     peers: tuple[str, ...] = ()
     load_source: str = "host"
     cpus: int = 0
+    cpuset: tuple[int, ...] = ()    # CPUs the node's tasks are pinned to; () = any
     speed: float = 0.0
     gossip_interval: float = 1.0
     window: int = 20
@@ -67,6 +68,18 @@ def _peers(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
     return tuple(_address(key, v) for v in value)
+
+
+def _cpuset(key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):  # a flag gives "0,2"
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        cpus = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a list of CPU numbers, got {value!r}") from None
+    if any(c < 0 for c in cpus):
+        raise ConfigError(f"{key}: CPU numbers are not negative, got {value!r}")
+    return cpus
 
 
 def _flag(key: str, value: Any) -> bool:
@@ -108,6 +121,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "node.peers": ("peers", _peers),
     "load.source": ("load_source", _choice("host", "tasks")),
     "load.cpus": ("cpus", _number(int, minimum=1, allow_zero=True)),
+    "load.cpuset": ("cpuset", _cpuset),
     "load.speed": ("speed", _number(float, minimum=0.001, allow_zero=True)),
     "gossip.interval": ("gossip_interval", _number(float, minimum=0.01)),
     "gossip.window": ("window", _number(int, minimum=2)),

@@ -356,14 +356,18 @@ class HomeSessions:
                 now = self._node.now()
                 if isinstance(action, ReserveTarget):
                     new_call = rpc.HostStub(self._node.channel(address)).Execute()
-                    pending += await self._reserve(machine, new_call, spec, plan.reserve_timeout)
+                    why = await self._exchange(new_call, pb.HomeMessage(reserve=spec), "reserved", plan.reserve_timeout)
+                    now = self._node.now()
+                    pending += machine.target_reserved(now) if why is None else machine.target_refused(why, now)
                 elif isinstance(action, RequestFreeze):
                     frozen_asked = True
                     await self._to_task(live, pb.HomeMessage(freeze=freeze_id))
                 elif isinstance(action, SendChunk):
                     pending += machine.chunk_acked(action.offset, action.size, now)  # relayed as it came
                 elif isinstance(action, StartOnTarget) and new_call is not None:
-                    pending += await self._start_moved(machine, new_call, spec, plan.start_timeout)
+                    why = await self._exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
+                    now = self._node.now()
+                    pending += machine.target_started(now) if why is None else machine.target_failed(why, now)
                 elif isinstance(action, EndSourceCopy) and new_call is not None:
                     live.switch_to = (new_call, target_id)
                     await self._to_task(live, pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
@@ -400,32 +404,19 @@ class HomeSessions:
                                freeze_seconds=machine.freeze_duration or 0.0)
 
     @staticmethod
-    async def _reserve(machine: Migration, call: grpc.aio.StreamStreamCall, spec: pb.TaskSpec,
-                       timeout: float) -> list[Any]:
+    async def _exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,
+                        timeout: float) -> str | None:
+        """Send one message on a task stream and wait for the answer: None if it is ``expect``,
+        else why not."""
         try:
-            await call.write(pb.HomeMessage(reserve=spec))
+            await call.write(message)
             event = await asyncio.wait_for(call.read(), timeout)
         except (*CALL_ERRORS, TimeoutError) as exc:
-            return machine.target_refused(f"unreachable ({exc!r})", time.monotonic())
+            return f"no answer ({type(exc).__name__})"
         kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
-        if kind == "reserved":
-            return machine.target_reserved(time.monotonic())
-        return machine.target_refused(event.refused.reason if kind == "refused" else "closed the stream",
-                                      time.monotonic())
-
-    @staticmethod
-    async def _start_moved(machine: Migration, call: grpc.aio.StreamStreamCall, spec: pb.TaskSpec,
-                           timeout: float) -> list[Any]:
-        try:
-            await call.write(pb.HomeMessage(start=spec))
-            event = await asyncio.wait_for(call.read(), timeout)
-        except (*CALL_ERRORS, TimeoutError) as exc:
-            return machine.target_failed(f"no confirmation ({exc!r})", time.monotonic())
-        kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
-        if kind == "started":
-            return machine.target_started(time.monotonic())
-        return machine.target_failed(event.refused.reason if kind == "refused" else "closed the stream",
-                                     time.monotonic())
+        if kind == expect:
+            return None
+        return event.refused.reason if kind == "refused" else "closed the stream"
 
     async def _relay(self, live: LiveTask, reader: asyncio.StreamReader, send: Any) -> None:
         upstream = asyncio.create_task(self._from_mosrun(reader, live))
@@ -554,21 +545,18 @@ class HomeSessions:
             return False
         for choice in choices:
             call = rpc.HostStub(self._node.channel(choice.address)).Execute()
-            try:
-                await call.write(pb.HomeMessage(reserve=spec))
-                event = await asyncio.wait_for(call.read(), 10)
-                if event is grpc.aio.EOF or event.WhichOneof("kind") != "reserved":
-                    call.cancel()
-                    continue
-                with open(latest, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        await call.write(pb.HomeMessage(checkpoint=chunk))
-                await call.write(pb.HomeMessage(start=spec))
-                event = await asyncio.wait_for(call.read(), 30)
-            except (*CALL_ERRORS, TimeoutError, OSError):
-                call.cancel()
-                continue
-            if event is grpc.aio.EOF or event.WhichOneof("kind") != "started":
+            why = await self._exchange(call, pb.HomeMessage(reserve=spec), "reserved", 10)
+            if why is None:
+                try:
+                    with open(latest, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            await call.write(pb.HomeMessage(checkpoint=chunk))
+                except (*CALL_ERRORS, OSError) as exc:
+                    why = str(exc)
+            if why is None:
+                why = await self._exchange(call, pb.HomeMessage(start=spec), "started", 30)
+            if why is not None:
+                log.info("task %s: %s cannot take it over: %s", live.spec.task_id, choice.node_id, why)
                 call.cancel()
                 continue
             live.call.cancel()

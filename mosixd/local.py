@@ -90,13 +90,21 @@ def _free_common_port(n: int, tries: int = 50) -> int:
     return DEFAULT_PORT
 
 
+def cpuset_for(index: int, n: int, host_cpus: int) -> tuple[int, ...]:
+    """The host CPUs of local node ``index`` (0-based) of ``n``: each node its own share."""
+    if n >= host_cpus:
+        return (index % host_cpus,)
+    return tuple(range(index, host_cpus, n))
+
+
 def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path,
-                       cpus: int, speed: float, extra: dict[str, Any]) -> None:
+                       cpus: int, cpuset: tuple[int, ...], speed: float, extra: dict[str, Any]) -> None:
     lines = [
         "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'socket = "{sock}"',
         f'state_dir = "{state_dir}"', f'key_file = "{key_file}"',
         "peers = [" + ", ".join(f'"{p}"' for p in plan.peers) + "]",
         "[load]", f'source = "{plan.load_source}"', f"cpus = {cpus}", f"speed = {speed:.4f}",
+        "cpuset = [" + ", ".join(map(str, cpuset)) + "]",
         "[gossip]", *(f"{k} = {v}" for k, v in extra.items() if v is not None and k != "balance"),
     ]
     if extra.get("balance") is False:
@@ -131,17 +139,18 @@ def run_local(args: argparse.Namespace) -> int:
     key_file = cluster_dir / "cluster.key"
     generate_key(key_file)
     speed = args.speed or calibrate_speed()  # once, not N times on a shared host
-    cpus = args.cpus or max(1, round(detect_cpus() / n))
     extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after,
              "balance": args.balance}
     nodes: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
-    for plan in plans:
+    host_cpus = detect_cpus()
+    for index, plan in enumerate(plans):
         node_dir = cluster_dir / plan.id
         node_dir.mkdir(exist_ok=True)
         sock, config = node_dir / "mosixd.sock", node_dir / "mosix.toml"
         _write_node_config(config, plan, state_dir=node_dir, key_file=key_file, sock=sock,
-                           cpus=cpus, speed=speed, extra=extra)
+                           cpus=args.cpus or len(cpuset_for(index, n, host_cpus)),
+                           cpuset=cpuset_for(index, n, host_cpus), speed=speed, extra=extra)
         cmd = [sys.executable, "-m", "mosixd", "--config", str(config)]
         if args.log_level:
             cmd += ["--log-level", args.log_level]

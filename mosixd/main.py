@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", help="comma-separated HOST:PORT of peers to join through")
     p.add_argument("--load-source", help="host (whole machine) or tasks (only this node's tasks)")
     p.add_argument("--cpus", type=int, help="CPUs to report (default: detect)")
+    p.add_argument("--cpuset", help="comma-separated CPU numbers the node's tasks are pinned to")
     p.add_argument("--speed", type=float, help="speed relative to the standard CPU (default: calibrate)")
     p.add_argument("--gossip-interval", type=float, help="seconds between gossip rounds (default 1)")
     p.add_argument("--window", type=int, help="gossip entries per exchange (default 20)")
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
-              "cpus", "speed", "gossip_interval", "window", "down_after", "log_level", "balance")
+              "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance")
 
 
 def setup_logging(level: str, name: str) -> None:

@@ -198,38 +198,49 @@ class Rebalancer:
         # tasks fully, best bound first, until no bound can beat the best move found.
         own_load = here.demand / lv.capacity
         # Per CPU demand (nearly always one value): this node's rate, and the targets where
-        # the task would run faster, fastest first, with the best the load rule allows.
-        by_cpu: dict[float, tuple[float, list[tuple[float, LoadVector, float]], float]] = {}
+        # a task would run faster, fastest first, with their free memory.
+        by_cpu: dict[float, tuple[float, list[tuple[float, str, LoadVector, float, float]]]] = {}
+        cpu_costs: dict[tuple[str, float], float] = {}
         bounds: list[tuple[float, str, RunningTask, float, float]] = []
         for task in candidates:
             if task.cpu not in by_cpu:
                 rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
                                       self.thrash_slowdown)
-                faster = sorted(
-                    ((rate, tv, t_demand) for tv, t_demand in targets.values()
+                by_cpu[task.cpu] = (rate_here, sorted(
+                    ((rate, node_id, tv, t_demand,
+                      tv.mem_free - held.get(node_id, (0.0, 0))[1] if tv.mem_total > 0
+                      else math.inf)
+                     for node_id, (tv, t_demand) in targets.items()
                      if (rate := task_rate(tv, t_demand + task.cpu, 0.0,
                                            self.thrash_slowdown)) > rate_here),
-                    key=lambda f: -f[0])
-                by_load = next((rate for rate, tv, t_demand in faster
-                                if (t_demand + self.stability * task.cpu) / tv.capacity
-                                < own_load), 0.0)
-                by_cpu[task.cpu] = (rate_here, faster, by_load)
-            rate_here, faster, best_rate = by_cpu[task.cpu]
+                    key=lambda f: -f[0]))
+            rate_here, faster = by_cpu[task.cpu]
             if not faster:
                 continue
-            cost_here = self._cost_here(task, here, a)
-            for rate, tv, t_demand in faster:
-                if rate <= best_rate:
-                    break
-                if node_cost(a, cpu_demand=t_demand, capacity=tv.capacity,
-                             job_cpu=task.cpu) < self.reassign_ratio * cost_here:
-                    best_rate = rate
-                    break
+            memory = JobRequest(memory_mb=task.memory_mb).memory_bytes
+            cost_here = -1.0  # only worked out when the load rule does not settle it
+            best_rate = 0.0
+            for rate, node_id, tv, t_demand, free in faster:
+                if free < memory:
+                    continue
+                if (t_demand + self.stability * task.cpu) / tv.capacity >= own_load:
+                    if cost_here < 0.0:
+                        cost_here = self._cost_here(task, here, a)
+                    cost = cpu_costs.get((node_id, task.cpu))
+                    if cost is None:
+                        cost = cpu_costs[node_id, task.cpu] = node_cost(
+                            a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=task.cpu)
+                    if cost >= self.reassign_ratio * cost_here:
+                        continue
+                best_rate = rate
+                break
             if best_rate <= rate_here:
                 continue
             move_cost = self.migration_cost(task)
             bound = task.age * (1.0 - rate_here / best_rate)
             if bound > self.gain_margin * move_cost:
+                if cost_here < 0.0:
+                    cost_here = self._cost_here(task, here, a)
                 bounds.append((bound - move_cost, task.task_id, task, cost_here, rate_here))
         bounds.sort(key=lambda b: (-b[0], b[1]))
         best: MoveDecision | None = None

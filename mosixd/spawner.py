@@ -84,6 +84,11 @@ def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int], children: d
         reply: dict[str, Any] = {"t": "spawned", "id": req["id"], "errno": exc.errno, "strerror": exc.strerror}
     else:
         children[proc.pid] = proc
+        if req.get("cpuset"):
+            try:  # the node's share of a shared host; children inherit it
+                os.sched_setaffinity(proc.pid, req["cpuset"])
+            except OSError:
+                pass
         reply = {"t": "spawned", "id": req["id"], "pid": proc.pid}
     sock.sendall(frames.encode(reply))
 
@@ -125,14 +130,16 @@ class Spawner:
         asyncio.get_running_loop().add_reader(ours, self._on_readable)
 
     async def spawn(self, *, args: list[str], executable: str, cwd: str, env: dict[str, str], umask: int,
-                    identity: dict[str, Any], fds: list[int], fd_env: tuple[str, ...] = ()) -> int:
+                    identity: dict[str, Any], fds: list[int], fd_env: tuple[str, ...] = (),
+                    cpuset: tuple[int, ...] = ()) -> int:
         """Start a program with stdin, stdout, stderr and extra fds (each named by the
         environment variable in ``fd_env``); returns its pid."""
         assert self._sock is not None, "spawner not started"
         self._ids += 1
         request = {"t": "spawn", "id": self._ids, "args": args, "executable": executable, "cwd": cwd,
                    "env": env, "umask": umask, "user": identity.get("user"), "group": identity.get("group"),
-                   "groups": identity.get("extra_groups", []), "fd_env": list(fd_env)}
+                   "groups": identity.get("extra_groups", []), "fd_env": list(fd_env),
+                   "cpuset": list(cpuset)}
         future = self._pending[self._ids] = asyncio.get_running_loop().create_future()
         socket.send_fds(self._sock, [frames.encode(request)], fds)
         reply = await future

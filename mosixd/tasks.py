@@ -91,8 +91,9 @@ class TaskTable:
     """Starts, tracks and accounts the tasks of this node."""
 
     def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
-                 blocked: Callable[[], bool], max_tasks: int = 0) -> None:
+                 blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = ()) -> None:
         self.node_id = node_id
+        self._cpuset = cpuset
         self._spawner = spawner
         self._scratch_root = state_dir / "tasks"
         self._own_load = own_load
@@ -427,7 +428,8 @@ class TaskTable:
         try:
             pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
                                             umask=spec.umask, identity=identity, fds=child_fds,
-                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD", "MOSIX_RESTORE_FD"))
+                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD", "MOSIX_RESTORE_FD"),
+                                            cpuset=self._cpuset)
         except SpawnFailed as exc:
             for fd in ours:
                 os.close(fd)

@@ -1,0 +1,128 @@
+"""Balancing on a real 2-node local cluster, one CPU each (each node's tasks pinned to its CPU).
+
+(A) 8 equal CPU-bound tasks launched at once from n1: makespan against the ideal, 8 x (one
+    task alone) / 2 CPUs, with the one-task time measured in the same run. Goal: <= 1.1x.
+(B) The other node is busy, then frees up: n2 runs locked background work for a while, 4
+    tasks are launched from n1 (placement puts them where there is room: n1), then n2 frees
+    up. Makespan with migration against placement alone (mosixd --no-balance). Goal: at
+    least 20% sooner.
+
+    python -m bench.balance [--repeat 3] [--work 3.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+TASK = """
+    import time
+    from mosrun import resumable, safepoint
+
+    state = resumable(done=0)
+    while state.done < {loops}:
+        for _ in range(10000):
+            pass
+        state.done += 1
+        safepoint()
+"""
+
+
+def calibrate(work: float, directory: Path) -> tuple[int, float]:
+    """Loops that take about ``work`` seconds on one CPU here, and their measured time."""
+    probe = "import time\nt=time.perf_counter()\nfor _ in range(200):\n    for _ in range(10000): pass\n" \
+            "print(time.perf_counter()-t)"
+    per = float(subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe], capture_output=True,
+                               text=True, check=True).stdout) / 200
+    loops = int(work / per)
+    (directory / "task.py").write_text(textwrap.dedent(TASK.format(loops=loops)))
+    t = time.perf_counter()
+    subprocess.run(["taskset", "-c", "0", sys.executable, str(directory / "task.py")], check=True)
+    return loops, time.perf_counter() - t
+
+
+class Cluster:
+    def __init__(self, directory: Path, *flags: str) -> None:
+        self.env = dict(os.environ, MOSIX_RUNTIME_DIR=str(directory / "runtime"))
+        self.proc = subprocess.Popen([str(BIN / "mosixd"), "--local", "2", "--port", "0", "--cpus", "1", *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+        for _ in range(100):
+            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=self.env)
+            if out.returncode == 0 and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 2:
+                return
+            time.sleep(0.3)
+        raise RuntimeError("cluster did not come up")
+
+    def mosrun(self, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(BIN / "mosrun"), *args], cwd=cwd, env=self.env, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def makespan(procs: list[subprocess.Popen[bytes]], start: float) -> float:
+    for proc in procs:
+        proc.wait(timeout=600)
+    return time.perf_counter() - start
+
+
+def scenario_a(directory: Path) -> float:
+    cluster = Cluster(directory)
+    try:
+        start = time.perf_counter()
+        procs = [cluster.mosrun(sys.executable, "task.py", cwd=directory) for _ in range(8)]
+        return makespan(procs, start)
+    finally:
+        cluster.stop()
+
+
+def scenario_b(directory: Path, busy_for: float, balance: bool) -> float:
+    cluster = Cluster(directory, *([] if balance else ["--no-balance"]))
+    try:
+        background = [cluster.mosrun("-L", "-r", "n2", "timeout", str(busy_for), "sh", "-c", "while :; do :; done",
+                                     cwd=directory) for _ in range(3)]
+        time.sleep(2.5)  # the load of n2 shows in gossip
+        start = time.perf_counter()
+        procs = [cluster.mosrun(sys.executable, "task.py", cwd=directory) for _ in range(4)]
+        result = makespan(procs, start)
+        for proc in background:
+            proc.wait(timeout=60)
+        return result
+    finally:
+        cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--work", type=float, default=3.0, help="seconds of CPU per task")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="mosix-bench-"))
+    _, one = calibrate(args.work, directory)
+    ideal = 8 * one / 2
+    a = statistics.median(scenario_a(directory) for _ in range(args.repeat))
+    busy_for = 2.5 + 1.5 * one
+    with_migration = statistics.median(scenario_b(directory, busy_for, True) for _ in range(args.repeat))
+    placement_only = statistics.median(scenario_b(directory, busy_for, False) for _ in range(args.repeat))
+    print(f"one task alone on one CPU: {one:.2f} s (baseline, same run); medians of {args.repeat}")
+    print(f"(A) 8 tasks from n1, 2 nodes x 1 CPU: makespan {a:.2f} s, ideal {ideal:.2f} s -> {a / ideal:.2f}x "
+          f"(goal <= 1.1x)")
+    print(f"(B) n2 busy for {busy_for:.1f} s, 4 tasks from n1: with migration {with_migration:.2f} s, "
+          f"placement alone {placement_only:.2f} s -> {100 * (1 - with_migration / placement_only):.0f}% sooner "
+          f"(goal >= 20%)")
+
+
+if __name__ == "__main__":
+    main()
