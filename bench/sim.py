@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 from mosixd.gossip import NodeState, NodeView
 from mosixd.loadvector import LoadVector
-from mosixd.policy import MIB, JobRequest, NoRoom, Placement, admit
+from mosixd.policy import MIB, JobRequest, NoRoom, Placement, admit, node_cost
 from mosixd.rebalance import MoveDecision, Rebalancer, RunningTask
 
 ARRIVAL_WINDOW = 200.0  # seconds during which jobs arrive
@@ -240,8 +240,17 @@ class Sim:
             choice, _ = self.placement.place(
                 views, JobRequest(memory_mb=job.spec.mem_mb, python=PYTHON), self.now)
         except NoRoom:
+            # Every machine is out of memory for it: the paper's strategy, which has no hard
+            # memory limit, puts it where its opportunity cost is least, over-commitment
+            # priced in by the same cost function.
             self.refused += 1
-            return self._greedy(job, memory=False)
+            a = self.placement.base_for(views)
+            memory = job.spec.mem_mb * MIB
+            return min(self.machines, key=lambda m: node_cost(
+                a, cpu_demand=float(len(m.jobs) + m.incoming),
+                capacity=m.spec.cpus * m.spec.speed, job_cpu=1.0,
+                mem_used=float((m.mem_used + m.incoming_mem) * MIB),
+                mem_total=float(m.spec.mem_mb * MIB), job_mem=float(memory))).index
         return self.by_id[choice.node_id].index
 
     def _greedy(self, job: Job, *, memory: bool) -> int:

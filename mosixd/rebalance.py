@@ -8,8 +8,9 @@ table, so a simulator drives the same class as the daemon.
 A task ``t`` on this node ``h`` moves to another node ``m`` when all of these hold:
 
 1. ``t`` can move: it has safe points, it is not locked to the node (``mosrun -L``), it is
-   not already moving, and it has been on ``h`` at least ``min_residency`` seconds (a task
-   that just arrived cannot be sent on at once: no ping-pong).
+   not already moving, and it has been on ``h`` at least ``min_residency`` seconds and at
+   least ``residency_factor`` times what moving it costs (a task that just arrived cannot
+   be sent on at once, and a big one cannot spend most of its life in transit).
 2. ``m`` could take it as a new job: up, same major.minor Python, room for its memory
    after the moves this node has already sent there (``Placement.rank``). Among those,
    the target is the one where its marginal opportunity cost is lowest, as for placement.
@@ -36,7 +37,10 @@ A task ``t`` on this node ``h`` moves to another node ``m`` when all of these ho
    reservations as ``Placement``), and a target that refused or failed a move is left
    alone for ``cooldown`` seconds.
 
-Among the tasks that pass, the one with the largest expected net gain moves.
+Among the tasks that pass, the one with the largest expected net gain moves; if the herd
+rule holds it back, nothing moves this round. The rules are checked cheapest first: a
+bound on each task's gain from CPU figures alone (a memory term only adds to a cost) rules
+most tasks out before the full ranking is asked for.
 """
 
 from __future__ import annotations
@@ -251,8 +255,8 @@ class Rebalancer:
                                      moving, exclude, now)
             if option is not None and (best is None or option.gain > best.gain):
                 best = option
-        if best is None or not self._herd_allows(own_id, here, best.target,
-                                                 targets[best.target], views, a):
+        if best is None or not self._herd_allows(own_id, best.target, targets[best.target],
+                                                 views, a):
             return None
         self._record(best, next(t for t in candidates if t.task_id == best.task_id), now)
         return best
@@ -306,9 +310,8 @@ class Rebalancer:
         here = node_cost(a, cpu_demand=max(0.0, demand - 1.0), capacity=lv.capacity, job_cpu=1.0)
         return there < self.reassign_ratio * here
 
-    def _herd_allows(self, own_id: str, here: _Here, target: str,
-                     target_cpu: tuple[LoadVector, float], views: list[NodeView],
-                     a: float) -> bool:
+    def _herd_allows(self, own_id: str, target: str, target_cpu: tuple[LoadVector, float],
+                     views: list[NodeView], a: float) -> bool:
         """Thin out the senders to ``target``: go with probability free CPUs / senders."""
         tv, t_demand = target_cpu
         senders = 1  # this node

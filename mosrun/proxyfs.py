@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # typing costs milliseconds at task start
 CHUNK = 4 << 20            # largest read/write payload per request
 BUFFER_SIZE = 1 << 20      # buffer of a home file: big, so throughput is not round-trip bound
 MAX_HEADER, MAX_PAYLOAD = 1 << 20, 16 << 20   # as mosrun.frames
-WINDOW = 1 << 30          # payload bytes (either way) of the requests awaiting replies
-MAX_WAITING = 100000           # requests awaiting replies: bounds what the relays hold for us
+WINDOW = 16 << 20          # payload bytes (either way) of the requests awaiting replies
+MAX_WAITING = 64           # requests awaiting replies: bounds what the relays hold for us
 AHEAD_CHUNK = 1 << 20      # one read-ahead request: small enough to keep every relay busy
 AHEAD_FILE = 16 << 20      # most one file reads ahead
 AHEAD_TOTAL = 32 << 20     # most all files together hold read ahead (asked, not handed out)
