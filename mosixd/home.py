@@ -23,7 +23,6 @@ import pwd
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +30,12 @@ import grpc
 import grpc.aio
 
 from mosixd.gossip import NodeState
-from mosixd.migration import (EndSourceCopy, Migration, MigrationPlan, ReleaseTarget, Report, RequestFreeze,
-                              ReserveTarget, ResumeSource, SendChunk, StartOnTarget)
+from mosixd.livetask import LiveTask, TaskRecord
+from mosixd.moves import Mover
 from mosixd.policy import JobRequest, NoRoom
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosrun import frames
-from mosrun.checkpoint import checkpoint_path, keep_last
 from mosrun.checkpoint import list_checkpoints as checkpoint_files
 
 if TYPE_CHECKING:
@@ -45,58 +43,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mosixd.home")
 
-# A stream whose peer died fails with either, depending on when the failure is noticed.
-CALL_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
-FREEZE_TIMEOUT = 30.0     # a task that reaches no safe point in this long is not checkpointed
-KEEP_CHECKPOINTS = 3
 SESSION_BUFFER = 4 << 20
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LaunchError(Exception):
     """The task cannot be started; the message is for the user."""
-
-
-@dataclass
-class TaskRecord:
-    """What the home node knows of one of its tasks (mosps)."""
-
-    id: str
-    user: str
-    command: str
-    started: float
-    state: str = "starting"
-    where: str = ""
-    pid: int = 0
-    cpu: float = 0.0
-    rss: int = 0
-
-
-@dataclass
-class LiveTask:
-    """A running task's session at home: which stream and node it is on now."""
-
-    spec: pb.TaskSpec
-    record: TaskRecord
-    call: grpc.aio.StreamStreamCall
-    node_id: str
-    movable: bool = False
-    # While a move is under way: what the source sends about it, and the stream to switch to
-    # once the source copy has ended.
-    move_events: asyncio.Queue[pb.HostEvent | None] | None = None
-    switch_to: tuple[grpc.aio.StreamStreamCall, str] | None = None
-    freezes: int = 0
-    freeze_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one move or checkpoint at a time
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -158,6 +112,7 @@ class HomeSessions:
         self._sessions: set[asyncio.Task[None]] = set()
         self.records: dict[str, TaskRecord] = {}
         self.live: dict[str, LiveTask] = {}
+        self.mover = Mover(node, self.live)
 
     async def start(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -216,7 +171,7 @@ class HomeSessions:
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send)
             live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
-            storing = asyncio.create_task(self._store_checkpoints(live)) if spec.checkpoint_every else None
+            storing = asyncio.create_task(self.mover.store_checkpoints(live)) if spec.checkpoint_every else None
             try:
                 record.state, record.where = "running", node_id
                 await self._relay(live, reader, send)
@@ -224,7 +179,7 @@ class HomeSessions:
                 if storing is not None:
                     storing.cancel()
                     await asyncio.gather(storing, return_exceptions=True)
-                for old in checkpoint_files(self._checkpoint_dir, task_id):
+                for old in checkpoint_files(self.mover.checkpoint_dir, task_id):
                     old.unlink(missing_ok=True)
                 live.call.cancel()
                 if live.switch_to:
@@ -292,132 +247,6 @@ class HomeSessions:
             refusals.update(exc.reasons)
             return []
 
-    async def migrate(self, task_id: str, target: str, uid: int) -> pb.MigrateReply:
-        """Move one of this node's tasks to ``target`` (a node id, "home" or "balance")."""
-        live = self.live.get(task_id)
-        if live is None:
-            return pb.MigrateReply(ok=False, message=f"no running task {task_id} has its home on {self._node.node_id}")
-        if uid not in (0, live.spec.uid):
-            return pb.MigrateReply(ok=False, message=f"only the owner of task {task_id} ({live.spec.user}) or root may move it")
-        if live.freeze_lock.locked():
-            return pb.MigrateReply(ok=False, node=live.node_id,
-                                   message=f"task {task_id} is already moving or being checkpointed")
-        if not live.movable:
-            return pb.MigrateReply(ok=False, node=live.node_id, message=(
-                f"task {task_id} cannot move: it has no safe points (a Python task must call mosrun.resumable())"))
-        try:
-            target_id, address = self._move_target(live, target)
-        except LaunchError as exc:
-            return pb.MigrateReply(ok=False, node=live.node_id, message=str(exc))
-        if target_id == live.node_id:
-            return pb.MigrateReply(ok=True, node=live.node_id, message=f"task {task_id} already runs on {target_id}")
-        async with live.freeze_lock:
-            live.move_events = asyncio.Queue()
-            try:
-                return await self._move(live, target_id, address)
-            finally:
-                live.move_events = None
-
-    def _move_target(self, live: LiveTask, target: str) -> tuple[str, str]:
-        views = self._node.cluster_view()
-        if target == "home":
-            return views[0].id, views[0].address
-        if target == "balance":
-            job = JobRequest(memory_mb=live.spec.memory_mb, python=live.spec.python_version)
-            try:
-                best = self._node.placement.rank(views, job, self._node.now(), exclude=[live.node_id])[0]
-            except NoRoom as exc:
-                raise LaunchError(f"no other node can take task {live.spec.task_id} ({exc.reasons})") from None
-            return best.node_id, best.address
-        view = next((v for v in views if v.id == target or v.address == target), None)
-        if view is None:
-            raise LaunchError(f"unknown node {target!r} (known: {', '.join(v.id for v in views)})")
-        if view.state is not NodeState.UP:
-            raise LaunchError(f"node {view.id} is {view.state.value}")
-        return view.id, view.address
-
-    async def _move(self, live: LiveTask, target_id: str, address: str) -> pb.MigrateReply:
-        """Drive one move with the Migration state machine; the task keeps running on any failure."""
-        assert live.move_events is not None
-        plan = MigrationPlan(task_id=live.spec.task_id, source=live.node_id, target=target_id,
-                             reason="manual", home=self._node.node_id)
-        machine = Migration(plan, self._node.now())
-        spec = pb.TaskSpec()
-        spec.CopyFrom(live.spec)
-        spec.epoch += 1
-        live.freezes += 1
-        freeze_id = live.freezes
-        new_call: grpc.aio.StreamStreamCall | None = None
-        outcome, ok, frozen_asked = "", False, False
-        pending = machine.start(self._node.now())
-        while True:
-            while pending:
-                action = pending.pop(0)
-                now = self._node.now()
-                if isinstance(action, ReserveTarget):
-                    new_call = rpc.HostStub(self._node.channel(address)).Execute()
-                    why = await self._exchange(new_call, pb.HomeMessage(reserve=spec), "reserved", plan.reserve_timeout)
-                    now = self._node.now()
-                    pending += machine.target_reserved(now) if why is None else machine.target_refused(why, now)
-                elif isinstance(action, RequestFreeze):
-                    frozen_asked = True
-                    await self._to_task(live, pb.HomeMessage(freeze=freeze_id))
-                elif isinstance(action, SendChunk):
-                    pending += machine.chunk_acked(action.offset, action.size, now)  # relayed as it came
-                elif isinstance(action, StartOnTarget) and new_call is not None:
-                    why = await self._exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
-                    now = self._node.now()
-                    pending += machine.target_started(now) if why is None else machine.target_failed(why, now)
-                elif isinstance(action, EndSourceCopy) and new_call is not None:
-                    live.switch_to = (new_call, target_id)
-                    await self._to_task(live, pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
-                elif isinstance(action, ResumeSource) and frozen_asked:
-                    with contextlib.suppress(*CALL_ERRORS):
-                        await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
-                elif isinstance(action, ReleaseTarget) and new_call is not None and live.switch_to is None:
-                    new_call.cancel()
-                elif isinstance(action, Report):
-                    outcome, ok = action.outcome, action.ok
-            if machine.finished:
-                break
-            timeout = max(0.01, (machine.deadline or self._node.now() + 1.0) - self._node.now())
-            try:
-                event = await asyncio.wait_for(live.move_events.get(), timeout)
-            except TimeoutError:
-                pending += machine.tick(self._node.now())
-                continue
-            now = self._node.now()
-            kind = event.WhichOneof("kind") if event is not None else None
-            if kind is None:
-                pending += machine.peer_lost(live.node_id, now)
-            elif kind == "checkpoint" and new_call is not None:
-                try:
-                    await new_call.write(pb.HomeMessage(checkpoint=event.checkpoint))
-                except CALL_ERRORS:
-                    pending += machine.peer_lost(target_id, now)
-            elif kind == "frozen":
-                pending += machine.frozen(event.frozen, now)
-            elif kind == "freeze_failed":
-                pending += machine.freeze_failed(event.freeze_failed, now)
-        log.info("%s", outcome)
-        return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
-                               freeze_seconds=machine.freeze_duration or 0.0)
-
-    @staticmethod
-    async def _exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,
-                        timeout: float) -> str | None:
-        """Send one message on a task stream and wait for the answer: None if it is ``expect``,
-        else why not."""
-        try:
-            await call.write(message)
-            event = await asyncio.wait_for(call.read(), timeout)
-        except (*CALL_ERRORS, TimeoutError) as exc:
-            return f"no answer ({type(exc).__name__})"
-        kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
-        if kind == expect:
-            return None
-        return event.refused.reason if kind == "refused" else "closed the stream"
-
     async def _relay(self, live: LiveTask, reader: asyncio.StreamReader, send: Any) -> None:
         upstream = asyncio.create_task(self._from_mosrun(reader, live))
         record, spec = live.record, live.spec
@@ -436,7 +265,7 @@ class HomeSessions:
                     if live.switch_to is not None:
                         self._switch(live)  # the source died after the target took over
                         continue
-                    if await self._failover(live, send):
+                    if await self.mover.failover(live, send):
                         continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} running task {spec.task_id} was lost "
@@ -446,7 +275,7 @@ class HomeSessions:
                     if live.switch_to is not None:
                         self._switch(live)
                         continue
-                    if await self._failover(live, send):
+                    if await self.mover.failover(live, send):
                         continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
@@ -475,100 +304,6 @@ class HomeSessions:
             upstream.cancel()
             await asyncio.gather(upstream, return_exceptions=True)
 
-    @property
-    def _checkpoint_dir(self) -> Path:
-        return self._node.config.state_dir / "checkpoints"
-
-    async def _store_checkpoints(self, live: LiveTask) -> None:
-        """mosrun -A: every so often, checkpoint the task to this (home) node."""
-        while True:
-            await asyncio.sleep(live.spec.checkpoint_every)
-            if not live.movable or live.freeze_lock.locked():
-                continue
-            async with live.freeze_lock:
-                live.move_events = asyncio.Queue()
-                try:
-                    await self._store_one(live)
-                except OSError as exc:  # a full disk must not end the task
-                    log.warning("task %s: checkpoint not stored: %s", live.spec.task_id, exc)
-                finally:
-                    live.move_events = None
-
-    async def _store_one(self, live: LiveTask) -> None:
-        assert live.move_events is not None
-        live.freezes += 1
-        freeze_id, epoch = live.freezes, live.spec.epoch + live.freezes
-        directory = self._checkpoint_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        final = checkpoint_path(directory, live.spec.task_id, epoch)
-        tmp = final.with_name(f".{final.name}.tmp")
-        await self._to_task(live, pb.HomeMessage(freeze=freeze_id))
-        try:
-            with open(tmp, "wb") as out:
-                while True:
-                    event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
-                    kind = event.WhichOneof("kind") if event is not None else None
-                    if kind == "checkpoint":
-                        out.write(event.checkpoint)
-                    elif kind == "frozen":
-                        out.flush()
-                        os.fsync(out.fileno())
-                        break
-                    else:
-                        log.info("task %s: no checkpoint this time (%s)", live.spec.task_id,
-                                 event.freeze_failed if kind == "freeze_failed" else "its node is gone")
-                        return
-            os.replace(tmp, final)
-            _fsync_dir(directory)
-            keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
-        except TimeoutError:
-            log.warning("task %s: checkpoint timed out", live.spec.task_id)
-        finally:
-            tmp.unlink(missing_ok=True)
-            with contextlib.suppress(*CALL_ERRORS):
-                await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
-
-    async def _failover(self, live: LiveTask, send: Any) -> bool:
-        """The node running the task is gone: restart it elsewhere from its latest checkpoint."""
-        files = checkpoint_files(self._checkpoint_dir, live.spec.task_id) if live.spec.checkpoint_every else []
-        if not files:
-            return False
-        latest, dead = files[-1], live.node_id
-        stored_at = time.strftime("%H:%M:%S", time.localtime(latest.stat().st_mtime))
-        spec = pb.TaskSpec()
-        spec.CopyFrom(live.spec)
-        spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
-        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
-        try:
-            choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])
-        except NoRoom:
-            return False
-        for choice in choices:
-            call = rpc.HostStub(self._node.channel(choice.address)).Execute()
-            why = await self._exchange(call, pb.HomeMessage(reserve=spec), "reserved", 10)
-            if why is None:
-                try:
-                    with open(latest, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            await call.write(pb.HomeMessage(checkpoint=chunk))
-                except (*CALL_ERRORS, OSError) as exc:
-                    why = str(exc)
-            if why is None:
-                why = await self._exchange(call, pb.HomeMessage(start=spec), "started", 30)
-            if why is not None:
-                log.info("task %s: %s cannot take it over: %s", live.spec.task_id, choice.node_id, why)
-                call.cancel()
-                continue
-            live.call.cancel()
-            live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
-            live.spec.epoch = spec.epoch
-            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} was lost; "
-                                               f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})
-            log.info("task %s: restarted on %s from %s after %s was lost", live.spec.task_id, choice.node_id,
-                     latest.name, dead)
-            return True
-        return False
-
     @staticmethod
     def _switch(live: LiveTask) -> None:
         """After a move: all output of the old copy has been relayed; follow the new one."""
@@ -585,30 +320,16 @@ class HomeSessions:
                 header, payload = frame
                 kind = header["t"]
                 if kind == "stdin":
-                    await self._to_task(live, pb.HomeMessage(stdin=payload))
+                    await live.write(pb.HomeMessage(stdin=payload))
                 elif kind == "stdin_eof":
-                    await self._to_task(live, pb.HomeMessage(stdin_eof=True))
+                    await live.write(pb.HomeMessage(stdin_eof=True))
                 elif kind == "signal":
-                    await self._to_task(live, pb.HomeMessage(signal=int(header["sig"])))
+                    await live.write(pb.HomeMessage(signal=int(header["sig"])))
                 elif kind == "proxy":
-                    await self._to_task(live, pb.HomeMessage(proxy=payload))
+                    await live.write(pb.HomeMessage(proxy=payload))
         except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
             log.warning("session of a task broke: %s", exc)
         except grpc.aio.AioRpcError:
             # The host side failed; the relay reports it. Keep waiting for mosrun to leave.
             await reader.read()
         # Returning tells the relay that mosrun is gone (or broke the protocol).
-
-    @staticmethod
-    async def _to_task(live: LiveTask, message: pb.HomeMessage) -> None:
-        """Write to the task's current stream; after a move, to the copy that took over."""
-        call = live.call
-        try:
-            await call.write(message)
-        except CALL_ERRORS:
-            if live.switch_to is not None:
-                await live.switch_to[0].write(message)
-            elif live.call is not call:
-                await live.call.write(message)
-            else:
-                raise

@@ -28,7 +28,6 @@ from mosixd.gossip import Entry, GossipConfig, GossipView, NodeView
 from mosixd.home import HomeSessions
 from mosixd.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
 from mosixd.gossip import NodeState
-from mosixd.loadvector import LoadVector
 from mosixd.policy import Placement
 from mosixd.rebalance import MoveDecision, Rebalancer
 from mosixd.spawner import Spawner
@@ -141,7 +140,7 @@ class NodeDaemon:
         """Move a task: done by its home node (named by the task id), so forward if need be."""
         home = request.task_id.split(".", 1)[0]
         if home == self.node_id or not home:
-            return await self.home.migrate(request.task_id, request.target, request.uid)
+            return await self.home.mover.migrate(request.task_id, request.target, request.uid)
         view = next((v for v in self.cluster_view() if v.id == home), None)
         if view is None or view.state is NodeState.DOWN:
             return pb.MigrateReply(ok=False, message=f"the home node {home} of task {request.task_id} is not reachable")

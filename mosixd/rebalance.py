@@ -201,11 +201,17 @@ class Rebalancer:
         # term only adds to a cost, thrashing only slows). Then check the most promising
         # tasks fully, best bound first, until no bound can beat the best move found.
         own_load = here.demand / lv.capacity
+        # Where memory is over-committed every task here runs ``thrash_slowdown`` times
+        # slower; a move that ends it speeds up all the others too, by about their expected
+        # remaining time (their age) times (1 - 1 / thrash_slowdown).
+        thrashing = lv.mem_total > 0 and here.mem_used > lv.mem_total
+        relief = (1.0 - 1.0 / self.thrash_slowdown) if thrashing else 0.0
+        staying_age = sum(t.age for t in tasks if t.task_id not in self._outgoing) * relief
         # Per CPU demand (nearly always one value): this node's rate, and the targets where
         # a task would run faster, fastest first, with their free memory.
         by_cpu: dict[float, tuple[float, list[tuple[float, str, LoadVector, float, float]]]] = {}
         cpu_costs: dict[tuple[str, float], float] = {}
-        bounds: list[tuple[float, str, RunningTask, float, float]] = []
+        bounds: list[tuple[float, str, RunningTask, float, float, float]] = []
         for task in candidates:
             if task.cpu not in by_cpu:
                 rate_here = task_rate(lv, max(here.demand, task.cpu), here.mem_used,
@@ -222,6 +228,8 @@ class Rebalancer:
             if not faster:
                 continue
             memory = JobRequest(memory_mb=task.memory_mb).memory_bytes
+            bonus = (staying_age - task.age * relief
+                     if thrashing and here.mem_used - memory <= lv.mem_total else 0.0)
             cost_here = -1.0  # only worked out when the load rule does not settle it
             best_rate = 0.0
             for rate, node_id, tv, t_demand, free in faster:
@@ -241,18 +249,19 @@ class Rebalancer:
             if best_rate <= rate_here:
                 continue
             move_cost = self.migration_cost(task)
-            bound = task.age * (1.0 - rate_here / best_rate)
+            bound = task.age * (1.0 - rate_here / best_rate) + bonus
             if bound > self.gain_margin * move_cost:
                 if cost_here < 0.0:
                     cost_here = self._cost_here(task, here, a)
-                bounds.append((bound - move_cost, task.task_id, task, cost_here, rate_here))
+                bounds.append((bound - move_cost, task.task_id, task, cost_here, rate_here,
+                               bonus))
         bounds.sort(key=lambda b: (-b[0], b[1]))
         best: MoveDecision | None = None
-        for bound, _, task, cost_here, rate_here in bounds:
+        for bound, _, task, cost_here, rate_here, bonus in bounds:
             if best is not None and best.gain >= bound:
                 break
-            option = self._best_move(task, here, cost_here, rate_here, views, targets, held,
-                                     moving, exclude, now)
+            option = self._best_move(task, here, cost_here, rate_here, bonus, views, targets,
+                                     held, moving, exclude, now)
             if option is not None and (best is None or option.gain > best.gain):
                 best = option
         if best is None or not self._herd_allows(own_id, best.target, targets[best.target],
@@ -270,7 +279,7 @@ class Rebalancer:
                          mem_total=lv.mem_total, job_mem=memory)
 
     def _best_move(self, task: RunningTask, here: _Here, cost_here: float, rate_here: float,
-                   views: list[NodeView], targets: dict[str, tuple[LoadVector, float]],
+                   bonus: float, views: list[NodeView], targets: dict[str, tuple[LoadVector, float]],
                    held: dict[str, tuple[float, int]], moving: dict[str, tuple[float, int]],
                    exclude: set[str], now: float) -> MoveDecision | None:
         """The first target, cheapest first, that passes the rules for ``task``."""
@@ -291,7 +300,7 @@ class Rebalancer:
                 continue
             t_used = tv.mem_total - tv.mem_free + held.get(choice.node_id, (0.0, 0))[1] + memory
             rate_there = task_rate(tv, t_demand + task.cpu, t_used, self.thrash_slowdown)
-            gross = task.age * (1.0 - rate_here / rate_there)
+            gross = task.age * (1.0 - rate_here / rate_there) + bonus
             if gross <= self.gain_margin * move_cost:
                 continue
             reason = (f"cost {choice.cost:.3g} there < {self.reassign_ratio:g} x "

@@ -8,7 +8,10 @@ interpreter's own prefixes, and file descriptors stay local.
 
 :func:`open` opens home files as :class:`HomeFileIO` (a raw file over a handle in mosrun) under
 the usual buffered and text layers; :mod:`mosrun.proxyos` patches the ``os`` calls and installs
-everything. Standard library only, and cheap to import: ``runtime.py`` loads it by path.
+everything. Bulk I/O streams: writes under a buffer go out without waiting for their replies
+(a failure is raised later, by the next operation on the file, ``flush()`` or ``close()``), and
+sequential reads are read ahead, within a bounded window (see :class:`HomeFileIO`). Standard
+library only, and cheap to import: ``runtime.py`` loads it by path.
 """
 
 from __future__ import annotations
@@ -68,11 +71,12 @@ def _codec() -> tuple[Any, Any]:
 class Request:
     """One request sent to home, and then its reply: filled in by :meth:`Channel._pump`."""
 
-    __slots__ = ("id", "cost", "into", "errors", "reply", "data", "done")
+    __slots__ = ("id", "cost", "into", "errors", "spare", "reply", "data", "done")
 
     def __init__(self, serial: int, cost: int, into: memoryview | None,
-                 errors: list[dict[str, Any]] | None) -> None:
+                 errors: list[dict[str, Any]] | None, spare: bool = False) -> None:
         self.id, self.cost, self.into, self.errors = serial, cost, into, errors
+        self.spare = spare  # read the payload into a recycled buffer (see Channel.recycle)
         self.reply: dict[str, Any] = {}
         self.data: Any = b""
         self.done = False
@@ -111,6 +115,9 @@ class Channel:
         self.ahead = 0                  # read-ahead bytes that files hold (asked, not consumed)
         self._changes: dict[Any, int] = {}  # file identity (None: any file) -> changes made
         self._count_lock = _thread.allocate_lock()  # for the two counters above
+        # Buffers for chunks read ahead, used again once handed out: a fresh MiB each time
+        # costs more (in page faults) than the copy out of it.
+        self._spares: list[bytearray] = []
         # Made now, before the import hook is installed: importing _json later, from inside a
         # request, would ask that hook, hence this channel, for it.
         self._dumps, self._loads = _codec()
@@ -138,12 +145,22 @@ class Channel:
 
     def post(self, op: str, args: dict[str, Any], payload: Any = b"",
              errors: list[dict[str, Any]] | None = None, cost: int = 0,
-             block: bool = True) -> Request | None:
+             block: bool = True, spare: bool = False) -> Request | None:
         """Send one request without waiting for its reply, which lands in the returned
         :class:`Request` (and, if it is a failure, in ``errors``). ``cost`` counts against
         :data:`WINDOW`; when there is no room, wait for older replies, or with ``block=False``
-        send nothing and return None."""
-        return self._submit(op, args, payload, None, errors, cost, False, block)
+        send nothing and return None. With ``spare``, the reply's payload (at most ``cost``
+        bytes) is a view of a buffer to give back with :meth:`recycle` once used."""
+        return self._submit(op, args, payload, None, errors, cost, False, block, 0, spare)
+
+    def recycle(self, request: Request) -> None:
+        """Take back the buffer of a ``spare`` request whose data nobody uses any more."""
+        data = request.data
+        request.data = b""
+        if data.__class__ is memoryview and len(self._spares) < AHEAD_FILE // AHEAD_CHUNK:
+            buf = data.obj
+            data.release()
+            self._spares.append(buf)
 
     def wait(self, serial: int) -> None:
         """Read replies until that of request ``serial`` (and so of all before it) is in."""
@@ -180,7 +197,7 @@ class Channel:
 
     def _submit(self, op: str, args: dict[str, Any], payload: Any, into: memoryview | None,
                 errors: list[dict[str, Any]] | None, cost: int, wait: bool,
-                block: bool = True, until: int = 0) -> Request | None:
+                block: bool = True, until: int = 0, spare: bool = False) -> Request | None:
         if self.broken:
             raise ConnectionError(self._reset, self.broken)
         if self.busy():
@@ -213,7 +230,7 @@ class Channel:
                     while waiting and (self._in_flight + cost > WINDOW
                                        or len(waiting) >= MAX_WAITING):
                         self._pump()
-                    request = Request(self._serial, cost, into, errors)
+                    request = Request(self._serial, cost, into, errors, spare)
                     self._send(views)
                     waiting.append(request)
                     self._in_flight += cost
@@ -255,6 +272,12 @@ class Channel:
                 self._fail("reply larger than the request")
             self._recv_into(into[:plen])
             data: Any = plen
+        elif request.spare and plen:
+            if plen > request.cost:
+                self._fail("reply larger than the request")
+            spares = self._spares
+            data = memoryview(spares.pop() if spares else bytearray(request.cost))[:plen]
+            self._recv_into(data)
         else:
             data = self._recv(plen) if plen else b""
         self._waiting.popleft()
@@ -455,8 +478,9 @@ class HomeFileIO(io.RawIOBase):
         self._append = mode[0] == "a" or bool(reply.get("append"))
         ident = reply.get("file")
         self._ident = tuple(ident) if isinstance(ident, list) else None
-        # Only the file's own position decides where it reads and writes: through a descriptor
-        # os.lseek() and friends see home's position, which must then always be right.
+        # Whether reads and writes may go by the position kept here (read-ahead, positioned
+        # writes, lazy seeks): not through a descriptor, as os.lseek() and os.read() on it see
+        # home's position, which must then be right at all times.
         self._exact = self._seekable and fd is None
         self._behind = False      # a buffer sits on top (set by _layers): writes need not wait
         self._errors: list[dict[str, Any]] = []   # failures of requests not waited for
@@ -507,7 +531,7 @@ class HomeFileIO(io.RawIOBase):
         return reply, data
 
     def _post(self, op: str, args: dict[str, Any], payload: Any = b"") -> None:
-        """Send a request whose failure is raised later (see :meth:`_late`)."""
+        """Send a request whose failure is raised later (see :meth:`_raise_late`)."""
         args["h"] = self._h
         request = self._chan.post(op, args, payload, self._errors, len(payload))
         assert request is not None
@@ -553,7 +577,12 @@ class HomeFileIO(io.RawIOBase):
                 if n < want or not self._exact:
                     break  # the end of the file; or a pipe, which gives what it has
                 continue
-            chunk = self._chunk()
+            try:
+                chunk = self._chunk()
+            except OSError:
+                if done:  # as read(2): what came before the failure; the next read meets it
+                    return done
+                raise
             if chunk is None:
                 continue  # made stale by a change: read again
             if not chunk:
@@ -591,7 +620,7 @@ class HomeFileIO(io.RawIOBase):
                     fresh = True  # the next end of file met is a fresh one
                     continue
                 parts.append(chunk)
-                self._advance(len(chunk))
+                self._advance(len(chunk), kept=True)
                 continue
             buf = bytearray(CHUNK)  # not seekable, or no room to read ahead: one at a time
             n = self._read_now(memoryview(buf))
@@ -628,7 +657,7 @@ class HomeFileIO(io.RawIOBase):
         while self._held < self._target:
             if not chan.reserve(AHEAD_CHUNK, AHEAD_TOTAL):
                 return
-            request = chan.post("read", args, b"", None, AHEAD_CHUNK, block=False)
+            request = chan.post("read", args, b"", None, AHEAD_CHUNK, block=False, spare=True)
             if request is None:
                 chan.unreserve(AHEAD_CHUNK)
                 return
@@ -649,19 +678,22 @@ class HomeFileIO(io.RawIOBase):
             raise _error(request.reply)
         return memoryview(request.data)[self._taken:]
 
-    def _advance(self, n: int) -> bool:
-        """``n`` bytes of the first chunk were handed out; whether that was up to where home
-        met the end of the file."""
+    def _advance(self, n: int, kept: bool = False) -> bool:
+        """``n`` bytes of the first chunk were handed out (``kept``: as a view of it, not
+        copied); whether that was up to where home met the end of the file."""
         self._taken += n
         self._pos += n
         request = self._ahead[0]
-        if self._taken < len(request.data):
+        size = len(request.data)
+        if self._taken < size:
             return False
         self._ahead.popleft()
         self._taken = 0
         self._held -= request.cost
         self._chan.unreserve(request.cost)
-        if len(request.data) < request.cost:
+        if not kept:
+            self._chan.recycle(request)
+        if size < request.cost:
             self._eof = True
             return True
         self._target = min(2 * self._target, AHEAD_FILE)  # the reader keeps up: go further
@@ -726,7 +758,7 @@ class HomeFileIO(io.RawIOBase):
         self._ready()
         if self._exact and self._pos is not None and whence in (0, 1):
             target = pos if whence == 0 else self._pos + pos
-            if target >= 0:  # lseek(2) cannot fail then: home follows when it must
+            if 0 <= target < 1 << 63:  # lseek(2) cannot fail then: home follows when it must
                 if target != self._pos:
                     self._drop_ahead()
                     self._streak = False

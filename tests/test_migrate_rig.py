@@ -304,7 +304,8 @@ def test_with_checkpoints_a_task_survives_the_death_of_its_node(tmp_path: Path) 
         lines = stdout.decode().splitlines()
         assert lines[-1] == local.stdout.decode().splitlines()[-1]
         assert set(lines) == set(local.stdout.decode().splitlines())
-        assert not list(checkpoints.glob("*.ckpt")), "stored checkpoints are removed when the task ends"
+        # Stored checkpoints are removed when the task ends (just after mosrun has its status).
+        wait_for(lambda: not list(checkpoints.glob("*.ckpt")), 10)
     finally:
         rig.stop()
 

@@ -108,6 +108,18 @@ def test_a_thrashing_node_sheds_a_task_even_with_cpus_to_spare():
     assert d is not None and d.target == "n2"
 
 
+def test_a_thrashing_node_prefers_the_move_that_ends_the_thrashing():
+    r = Rebalancer()
+    views = [view("n1", 3, cpus=4, total_mb=4096, used_mb=5000), view("n2", 0, cpus=4)]
+    tasks = [task("old-small", age=200.0, memory_mb=200, state_bytes=200 * MIB),
+             task("big", age=50.0, memory_mb=1500, state_bytes=1500 * MIB),
+             task("huge", age=100.0, memory_mb=3300, state_bytes=3300 * MIB)]
+    # Moving the oldest task would not end the over-commitment; of the two moves that do,
+    # the cheaper one goes.
+    d = r.decide("n1", views, tasks, now=500.0)
+    assert d is not None and d.task_id == "big" and d.target == "n2"
+
+
 # --- which tasks may move -----------------------------------------------------------------------
 
 

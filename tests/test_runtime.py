@@ -967,3 +967,25 @@ def test_a_writer_faster_than_home_blocks(tmp_path: Path) -> None:
         ours.shutdown(socket.SHUT_RDWR)
         server.join(TIMEOUT)
         ours.close()
+
+
+def test_homefiles_writes_not_waited_for(tmp_path: Path) -> None:
+    files = HomeFiles(str(tmp_path))
+    reply, _ = files.handle({"t": "fs", "op": "open", "path": str(tmp_path / "f"),
+                             "flags": ["O_RDWR", "O_CREAT"], "perm": 0o600}, b"")
+    h, ident = reply["h"], reply["file"]
+    info = os.stat(tmp_path / "f")
+    assert ident == [info.st_dev, info.st_ino]
+    # At an offset, all of it, leaving the position alone; or at the position, all of it.
+    reply, _ = files.handle({"t": "fs", "op": "write", "h": h, "at": 3},
+                            memoryview(b"abc" * 100_000))
+    assert reply["ok"] and reply["n"] == 300_000
+    assert files.handle({"t": "fs", "op": "seek", "h": h, "pos": 0, "whence": 1},
+                        b"")[0]["pos"] == 0
+    assert files.handle({"t": "fs", "op": "write", "h": h, "all": True}, b"xy")[0]["n"] == 2
+    assert (tmp_path / "f").read_bytes() == b"xy\0" + b"abc" * 100_000
+    reply, _ = files.handle({"t": "fs", "op": "write", "h": h, "at": "3"}, b"z")
+    assert reply["errno"] == errno.EINVAL
+    reply, _ = files.handle({"t": "fs", "op": "write", "h": h, "at": -1}, b"z")
+    assert reply["errno"] == errno.EINVAL
+    files.close_all()

@@ -1,0 +1,279 @@
+"""Moving a running task, and keeping it safe: what the home node does for its tasks.
+
+``Mover.migrate`` drives one move with the sans-IO ``Migration`` state machine: reserve room
+on the target, freeze the task at its next safe point, relay its checkpoint, start it on the
+target, and only then end the old copy. ``Mover.store_checkpoints`` keeps the latest few
+checkpoints of a ``mosrun -A`` task at home, and ``Mover.failover`` restarts such a task from
+the newest one when the node running it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from mosixd.gossip import NodeState
+from mosixd.livetask import CALL_ERRORS, LiveTask
+from mosixd.migration import (EndSourceCopy, Migration, MigrationPlan, ReleaseTarget, Report, RequestFreeze,
+                              ReserveTarget, ResumeSource, SendChunk, StartOnTarget)
+from mosixd.policy import JobRequest, NoRoom
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+from mosrun.checkpoint import checkpoint_path, keep_last
+from mosrun.checkpoint import list_checkpoints as checkpoint_files
+
+if TYPE_CHECKING:
+    from mosixd.node import NodeDaemon
+
+log = logging.getLogger("mosixd.moves")
+
+FREEZE_TIMEOUT = 30.0     # a task that reaches no safe point in this long is not checkpointed
+KEEP_CHECKPOINTS = 3
+
+
+class NoTarget(Exception):
+    """No node to move the task to; the message says why."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Mover:
+    """Moves, stored checkpoints and failover of the tasks whose home is this node."""
+
+    def __init__(self, node: "NodeDaemon", live: dict[str, LiveTask]) -> None:
+        self._node = node
+        self.live = live
+
+    async def migrate(self, task_id: str, target: str, uid: int) -> pb.MigrateReply:
+        """Move one of this node's tasks to ``target`` (a node id, "home" or "balance")."""
+        live = self.live.get(task_id)
+        if live is None:
+            return pb.MigrateReply(ok=False, message=f"no running task {task_id} has its home on {self._node.node_id}")
+        if uid not in (0, live.spec.uid):
+            return pb.MigrateReply(ok=False, message=f"only the owner of task {task_id} ({live.spec.user}) or root may move it")
+        if live.freeze_lock.locked():
+            return pb.MigrateReply(ok=False, node=live.node_id,
+                                   message=f"task {task_id} is already moving or being checkpointed")
+        if not live.movable:
+            return pb.MigrateReply(ok=False, node=live.node_id, message=(
+                f"task {task_id} cannot move: it has no safe points (a Python task must call mosrun.resumable())"))
+        try:
+            target_id, address = self._move_target(live, target)
+        except NoTarget as exc:
+            return pb.MigrateReply(ok=False, node=live.node_id, message=str(exc))
+        if target_id == live.node_id:
+            return pb.MigrateReply(ok=True, node=live.node_id, message=f"task {task_id} already runs on {target_id}")
+        async with live.freeze_lock:
+            live.move_events = asyncio.Queue()
+            try:
+                return await self._move(live, target_id, address)
+            finally:
+                live.move_events = None
+
+    def _move_target(self, live: LiveTask, target: str) -> tuple[str, str]:
+        views = self._node.cluster_view()
+        if target == "home":
+            return views[0].id, views[0].address
+        if target == "balance":
+            job = JobRequest(memory_mb=live.spec.memory_mb, python=live.spec.python_version)
+            try:
+                best = self._node.placement.rank(views, job, self._node.now(), exclude=[live.node_id])[0]
+            except NoRoom as exc:
+                raise NoTarget(f"no other node can take task {live.spec.task_id} ({exc.reasons})") from None
+            return best.node_id, best.address
+        view = next((v for v in views if v.id == target or v.address == target), None)
+        if view is None:
+            raise NoTarget(f"unknown node {target!r} (known: {', '.join(v.id for v in views)})")
+        if view.state is not NodeState.UP:
+            raise NoTarget(f"node {view.id} is {view.state.value}")
+        return view.id, view.address
+
+    async def _move(self, live: LiveTask, target_id: str, address: str) -> pb.MigrateReply:
+        """Drive one move with the Migration state machine; the task keeps running on any failure."""
+        assert live.move_events is not None
+        plan = MigrationPlan(task_id=live.spec.task_id, source=live.node_id, target=target_id,
+                             reason="manual", home=self._node.node_id)
+        machine = Migration(plan, self._node.now())
+        spec = pb.TaskSpec()
+        spec.CopyFrom(live.spec)
+        spec.epoch += 1
+        live.freezes += 1
+        freeze_id = live.freezes
+        new_call: grpc.aio.StreamStreamCall | None = None
+        outcome, ok, frozen_asked = "", False, False
+        pending = machine.start(self._node.now())
+        while True:
+            while pending:
+                action = pending.pop(0)
+                now = self._node.now()
+                if isinstance(action, ReserveTarget):
+                    new_call = rpc.HostStub(self._node.channel(address)).Execute()
+                    why = await self._exchange(new_call, pb.HomeMessage(reserve=spec), "reserved", plan.reserve_timeout)
+                    now = self._node.now()
+                    pending += machine.target_reserved(now) if why is None else machine.target_refused(why, now)
+                elif isinstance(action, RequestFreeze):
+                    frozen_asked = True
+                    await live.write(pb.HomeMessage(freeze=freeze_id))
+                elif isinstance(action, SendChunk):
+                    pending += machine.chunk_acked(action.offset, action.size, now)  # relayed as it came
+                elif isinstance(action, StartOnTarget) and new_call is not None:
+                    why = await self._exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
+                    now = self._node.now()
+                    pending += machine.target_started(now) if why is None else machine.target_failed(why, now)
+                elif isinstance(action, EndSourceCopy) and new_call is not None:
+                    live.switch_to = (new_call, target_id)
+                    await live.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
+                elif isinstance(action, ResumeSource) and frozen_asked:
+                    with contextlib.suppress(*CALL_ERRORS):
+                        await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+                elif isinstance(action, ReleaseTarget) and new_call is not None and live.switch_to is None:
+                    new_call.cancel()
+                elif isinstance(action, Report):
+                    outcome, ok = action.outcome, action.ok
+            if machine.finished:
+                break
+            timeout = max(0.01, (machine.deadline or self._node.now() + 1.0) - self._node.now())
+            try:
+                event = await asyncio.wait_for(live.move_events.get(), timeout)
+            except TimeoutError:
+                pending += machine.tick(self._node.now())
+                continue
+            now = self._node.now()
+            kind = event.WhichOneof("kind") if event is not None else None
+            if kind is None:
+                pending += machine.peer_lost(live.node_id, now)
+            elif kind == "checkpoint" and new_call is not None:
+                try:
+                    await new_call.write(pb.HomeMessage(checkpoint=event.checkpoint))
+                except CALL_ERRORS:
+                    pending += machine.peer_lost(target_id, now)
+            elif kind == "frozen":
+                pending += machine.frozen(event.frozen, now)
+            elif kind == "freeze_failed":
+                pending += machine.freeze_failed(event.freeze_failed, now)
+        log.info("%s", outcome)
+        return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
+                               freeze_seconds=machine.freeze_duration or 0.0)
+
+    @staticmethod
+    async def _exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,
+                        timeout: float) -> str | None:
+        """Send one message on a task stream and wait for the answer: None if it is ``expect``,
+        else why not."""
+        try:
+            await call.write(message)
+            event = await asyncio.wait_for(call.read(), timeout)
+        except (*CALL_ERRORS, TimeoutError) as exc:
+            return f"no answer ({type(exc).__name__})"
+        kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
+        if kind == expect:
+            return None
+        return event.refused.reason if kind == "refused" else "closed the stream"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self._node.config.state_dir / "checkpoints"
+
+    async def store_checkpoints(self, live: LiveTask) -> None:
+        """mosrun -A: every so often, checkpoint the task to this (home) node."""
+        while True:
+            await asyncio.sleep(live.spec.checkpoint_every)
+            if not live.movable or live.freeze_lock.locked():
+                continue
+            async with live.freeze_lock:
+                live.move_events = asyncio.Queue()
+                try:
+                    await self._store_one(live)
+                except OSError as exc:  # a full disk must not end the task
+                    log.warning("task %s: checkpoint not stored: %s", live.spec.task_id, exc)
+                finally:
+                    live.move_events = None
+
+    async def _store_one(self, live: LiveTask) -> None:
+        assert live.move_events is not None
+        live.freezes += 1
+        freeze_id, epoch = live.freezes, live.spec.epoch + live.freezes
+        directory = self.checkpoint_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        final = checkpoint_path(directory, live.spec.task_id, epoch)
+        tmp = final.with_name(f".{final.name}.tmp")
+        await live.write(pb.HomeMessage(freeze=freeze_id))
+        try:
+            with open(tmp, "wb") as out:
+                while True:
+                    event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
+                    kind = event.WhichOneof("kind") if event is not None else None
+                    if kind == "checkpoint":
+                        out.write(event.checkpoint)
+                    elif kind == "frozen":
+                        out.flush()
+                        os.fsync(out.fileno())
+                        break
+                    else:
+                        log.info("task %s: no checkpoint this time (%s)", live.spec.task_id,
+                                 event.freeze_failed if kind == "freeze_failed" else "its node is gone")
+                        return
+            os.replace(tmp, final)
+            _fsync_dir(directory)
+            keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
+        except TimeoutError:
+            log.warning("task %s: checkpoint timed out", live.spec.task_id)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(*CALL_ERRORS):
+                await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+
+    async def failover(self, live: LiveTask, send: Any) -> bool:
+        """The node running the task is gone: restart it elsewhere from its latest checkpoint."""
+        files = checkpoint_files(self.checkpoint_dir, live.spec.task_id) if live.spec.checkpoint_every else []
+        if not files:
+            return False
+        latest, dead = files[-1], live.node_id
+        stored_at = time.strftime("%H:%M:%S", time.localtime(latest.stat().st_mtime))
+        spec = pb.TaskSpec()
+        spec.CopyFrom(live.spec)
+        spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        try:
+            choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])
+        except NoRoom:
+            return False
+        for choice in choices:
+            call = rpc.HostStub(self._node.channel(choice.address)).Execute()
+            why = await self._exchange(call, pb.HomeMessage(reserve=spec), "reserved", 10)
+            if why is None:
+                try:
+                    with open(latest, "rb") as f:
+                        while chunk := f.read(1 << 20):
+                            await call.write(pb.HomeMessage(checkpoint=chunk))
+                except (*CALL_ERRORS, OSError) as exc:
+                    why = str(exc)
+            if why is None:
+                why = await self._exchange(call, pb.HomeMessage(start=spec), "started", 30)
+            if why is not None:
+                log.info("task %s: %s cannot take it over: %s", live.spec.task_id, choice.node_id, why)
+                call.cancel()
+                continue
+            live.call.cancel()
+            live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
+            live.spec.epoch = spec.epoch
+            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} was lost; "
+                                               f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})
+            log.info("task %s: restarted on %s from %s after %s was lost", live.spec.task_id, choice.node_id,
+                     latest.name, dead)
+            return True
+        return False
