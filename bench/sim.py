@@ -63,7 +63,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -117,6 +117,7 @@ def pareto_work(rng: random.Random) -> float:
 
 
 def mean_work() -> float:
+    """Mean of ``pareto_work``: WORK_MIN * ln(WORK_MAX / WORK_MIN) / (1 - WORK_MIN / WORK_MAX)."""
     return WORK_MIN * math.log(WORK_MAX / WORK_MIN) / (1.0 - WORK_MIN / WORK_MAX)
 
 
@@ -198,9 +199,6 @@ class Machine:
                         mem_total=spec.mem_mb * MIB, mem_free=(spec.mem_mb - used) * MIB,
                         local_tasks=tasks, python=PYTHON)
         return NodeView(self.id, f"{self.id}:7410", NodeState.UP, lv, 0.0, 1, False)
-
-
-Chooser = Callable[["Sim", Job], int]
 
 
 class Sim:
@@ -408,6 +406,7 @@ class Result:
 
 
 def run_scenario(seed: int) -> Result:
+    """Every strategy on scenario ``seed``."""
     scenario = make_scenario(seed)
     slowdown: dict[str, float] = {}
     moves = refused = 0
@@ -420,6 +419,7 @@ def run_scenario(seed: int) -> Result:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the scenarios and print the table."""
     global LOAD_MIN, LOAD_MAX, ARRIVAL_WINDOW
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=int, default=3000)

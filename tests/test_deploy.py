@@ -48,6 +48,7 @@ TOML_KEYS = {
     ("node", "peers"): "--peers",
     ("load", "source"): "--load-source",
     ("load", "cpus"): "--cpus",
+    ("load", "cpuset"): "--cpuset",
     ("load", "speed"): "--speed",
     ("gossip", "interval"): "--gossip-interval",
     ("gossip", "window"): "--window",
