@@ -27,8 +27,10 @@ A task ``t`` on this node ``h`` moves to another node ``m`` when all of these ho
    lifetimes are heavy-tailed: Harchol-Balter and Downey), so moving saves about
    ``age * (1 - rate here / rate there)`` seconds, where a task's rate is the CPU speed
    times its equal share of the CPUs (divided by ``thrash_slowdown`` where memory is
-   over-committed). That must exceed ``gain_margin`` times the migration cost,
-   ``state_bytes / bandwidth + freeze_overhead``.
+   over-committed). Where memory is over-committed, a move that ends it is also credited
+   with what the other tasks here gain: their ages times ``1 - 1 / thrash_slowdown``. The
+   gain must exceed ``gain_margin`` times the migration cost, ``state_bytes / bandwidth +
+   freeze_overhead``.
 5. No herd: the other loaded nodes see the same idle node at the same time. Each counts
    the nodes its view shows would also want to send there (itself included) and the
    free CPUs the target has, and sends with probability ``free CPUs / senders`` (at most
