@@ -114,6 +114,9 @@ def _freeze() -> None:
     freeze, _pending = _pending, 0
     assert _control is not None and _state is not None
     _flush()  # everything printed so far reaches home before the checkpoint does
+    channel = getattr(sys.modules.get("mosrun.proxyfs"), "chan", None)
+    if channel is not None:
+        channel.settle()  # file writes still in flight reach home before this copy may end
     from mosrun import checkpoint
 
     try:

@@ -49,6 +49,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @dataclass
 class LocalRig:
     """A running ``mosixd --local N`` with helpers to run the client tools against it."""

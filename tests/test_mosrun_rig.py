@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, LocalRig, start_rig, wait_for
+from conftest import BIN, LocalRig, gone, start_rig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
 
@@ -105,7 +105,7 @@ def test_killing_mosrun_ends_the_remote_task(shared_rig3: LocalRig) -> None:
     pid = hosted[0]["pid"]
     proc.kill()
     proc.wait()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    wait_for(lambda: gone(pid), 10)
     wait_for(lambda: not shared_rig3.tasks("n2"), 10)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, LocalRig, free_port, start_rig, wait_for
+from conftest import BIN, LocalRig, free_port, gone, start_rig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
 
@@ -97,7 +97,7 @@ def test_stopping_the_local_cluster_leaves_no_process(tmp_path: Path) -> None:
         rig.proc.send_signal(signal.SIGTERM)
         assert rig.proc.wait(timeout=15) == 0
         for pid in pids:
-            wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5)
+            wait_for(lambda: gone(pid), 5)
         assert not (rig.runtime / "local.json").exists()
         out = rig.tool("mosmon", "--json")
         assert out.returncode == 3 and "no mosixd found" in out.stderr
@@ -113,7 +113,7 @@ def test_supervisor_killed_hard_takes_its_nodes_along(tmp_path: Path) -> None:
         rig.proc.kill()
         rig.proc.wait()
         for pid in pids:
-            wait_for(lambda: not psutil.pid_exists(pid), 10)
+            wait_for(lambda: gone(pid), 10)
     finally:
         rig.stop()
 
