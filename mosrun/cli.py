@@ -281,8 +281,10 @@ class Session:
         self.sel.register(self.wake_r, selectors.EVENT_READ)
         try:
             self.sel.register(0, selectors.EVENT_READ)
-        except (PermissionError, ValueError, OSError):
-            self.stdin_polled = os.path.exists("/proc/self/fd/0") or self._eof_stdin()
+        except PermissionError:
+            self.stdin_polled = True  # a regular file: epoll cannot watch it, it is always readable
+        except (ValueError, OSError):
+            self._eof_stdin()  # no usable stdin at all: the task sees an empty one
         while self.status is None:
             self._update_interest()
             timeout = 0 if self.stdin_polled and self._room_for_stdin() else None
@@ -318,10 +320,9 @@ class Session:
         if 0 in self.sel.get_map():
             self.sel.unregister(0)
 
-    def _eof_stdin(self) -> bool:
+    def _eof_stdin(self) -> None:
         self._stop_stdin()
         self.send({"t": "stdin_eof"})
-        return False
 
     def _read_stdin(self) -> None:
         try:
@@ -413,7 +414,17 @@ class Session:
         self.outbuf += data
 
 
+def _fill_std_fds() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr, so no socket opened later lands there."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fill_std_fds()
     try:
         opts, command = parse_args(sys.argv[1:] if argv is None else argv)
         launch = build_launch(opts, command)

@@ -28,6 +28,19 @@ def test_non_python_program_keeps_output_status_and_stdin(shared_rig3: LocalRig,
     assert out.returncode == 128 + signal.SIGUSR1
 
 
+def test_stdin_from_a_file_or_closed(shared_rig3: LocalRig, tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"from a regular file\n" * 1000)
+    with data.open("rb") as stdin:
+        out = subprocess.run([str(BIN / "mosrun"), "-r", "n2", "cat"], stdin=stdin, capture_output=True,
+                             env=shared_rig3.env, timeout=30)
+    assert (out.returncode, out.stdout) == (0, data.read_bytes())
+    # A closed stdin reads as empty, as it would for a local program given /dev/null.
+    out = subprocess.run(["sh", "-c", f"exec {BIN / 'mosrun'} -r n2 sh -c 'cat; echo end' <&-"],
+                         capture_output=True, env=shared_rig3.env, timeout=30)
+    assert (out.returncode, out.stdout, out.stderr) == (0, b"end\n", b"")
+
+
 def test_working_directory_umask_and_environment_travel(shared_rig3: LocalRig, tmp_path: Path) -> None:
     env_probe = 'echo "$PWD $(umask) $MOSIX_PROBE"'
     proc = subprocess.run([str(BIN / "mosrun"), "-r", "n3", "sh", "-c", f"umask 027 && {env_probe}"],
