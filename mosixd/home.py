@@ -1,15 +1,22 @@
 """The home node's side of a task: the session with the user's mosrun, placement, and the
-relay to wherever the task runs.
+control stream to wherever the task runs.
 
 mosrun connects to the session socket (beside the daemon's gRPC socket) and speaks frames
 (``mosrun.frames``). The kernel tells us who is connecting (SO_PEERCRED), so the task's owner
 is known without any key. Frames:
 
+  daemon -> mosrun  hello {task, host}: the task's id, and this node's address, where mosrun
+                    takes the task's streams (``mosrun.dataplane``)
   mosrun -> daemon  launch {argv, executable, python, python_options, python_args, env, cwd,
-                            umask, ttys, where: best|home|node, node, memory_mb, queue, job_name}
-                    stdin (payload), stdin_eof, signal {sig}, proxy (payload: a runtime frame)
-  daemon -> mosrun  started {task, node}, queued {reason}, stdout, stderr (payload),
-                    proxy (payload), stdin_ack {n}, exit {code, signal}, error {message, code}
+                            umask, ttys, where: best|home|node, node, memory_mb, queue, job_name,
+                            streams_to: "host:port", streams_token: hex}
+                    stdin (payload), stdin_eof, signal {sig}
+  daemon -> mosrun  started {task, node}, queued {reason}, stdin_ack {n}, notice {text},
+                    epoch {epoch}: the task switched to a newer copy (a move or a failover),
+                    exit {code, signal}, error {message, code}
+
+The task's stdout, stderr and file requests do not pass through here: the node running it
+connects them straight to mosrun.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosrun import frames
 from mosrun.checkpoint import list_checkpoints as checkpoint_files
+from mosrun.dataplane import TOKEN_SIZE
 
 if TYPE_CHECKING:
     from mosixd.node import NodeDaemon
@@ -46,7 +54,6 @@ log = logging.getLogger("mosixd.home")
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
-SESSION_BUFFER = 4 << 20
 
 
 class LaunchError(Exception):
@@ -59,9 +66,13 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
-    """Validate a launch frame; raises LaunchError naming what is wrong."""
+def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpec:
+    """Validate a launch frame; raises LaunchError naming what is wrong. ``host`` is where
+    mosrun was told to take the task's streams: a node connects nowhere else for it."""
     try:
+        streams_to = str(header["streams_to"])
+        token = bytes.fromhex(str(header["streams_token"]))
+        port = int(streams_to.rpartition(":")[2])
         argv = [str(a) for a in header["argv"]]
         env = {str(k): str(v) for k, v in dict(header.get("env", {})).items()}
         ttys = [bool(t) for t in header.get("ttys", [False] * 3)][:3] + [False] * 3
@@ -74,9 +85,12 @@ def _spec_from_launch(header: dict[str, Any], uid: int) -> pb.TaskSpec:
             locked=bool(header.get("locked", False)),
             checkpoint_every=max(0.0, float(header.get("checkpoint_every", 0.0) or 0.0)),
             stdin_tty=ttys[0], stdout_tty=ttys[1], stderr_tty=ttys[2], uid=uid, started=time.time(),
+            streams_to=streams_to, streams_token=token,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise LaunchError(f"malformed launch request ({exc!r})") from None
+    if streams_to.rpartition(":")[0].strip("[]") != host or not 0 < port < 65536 or len(token) != TOKEN_SIZE:
+        raise LaunchError(f"malformed launch request (the task's streams must come to {host})")
     if not argv or not os.path.isabs(spec.executable) or not os.path.isabs(spec.cwd):
         raise LaunchError("malformed launch request (empty command or relative paths)")
     try:
@@ -128,6 +142,11 @@ class HomeSessions:
         if self._sessions:
             await asyncio.wait(self._sessions, timeout=3)
 
+    @property
+    def streams_host(self) -> str:
+        """This node's own address: mosrun takes its task's streams there (never a wildcard)."""
+        return self._node.config.advertise.rpartition(":")[0].strip("[]")
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -147,24 +166,21 @@ class HomeSessions:
             await _close_gently(reader, writer)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SESSION_BUFFER)
-
-        async def send(header: dict[str, Any], payload: bytes = b"") -> None:
-            writer.write(frames.encode_head(header, len(payload)))
-            if payload:
-                writer.write(payload)  # no concatenation: output arrives in MiB chunks
+        async def send(header: dict[str, Any]) -> None:
+            writer.write(frames.encode(header))
             await writer.drain()
 
+        task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
+        host = self.streams_host
+        await send({"t": "hello", "task": task_id, "host": host})
         frame = await frames.read_frame(reader)
         if frame is None:
             return
         header, _ = frame
-        task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
         try:
             if header["t"] != "launch":
                 raise LaunchError(f"expected a launch request, got {header['t']!r}")
-            spec = _spec_from_launch(header, _peer_uid(writer))
+            spec = _spec_from_launch(header, _peer_uid(writer), host)
             spec.task_id, spec.home = task_id, self._node.node_id
             spec.python_version = self._node.python if spec.python else ""
             record = self.records[task_id] = TaskRecord(
@@ -263,9 +279,10 @@ class HomeSessions:
                     if live.move_events is not None:
                         live.move_events.put_nowait(None)  # the source is lost mid-move
                     if live.switch_to is not None:
-                        self._switch(live)  # the source died after the target took over
+                        await self._switch(live, send)  # the source died after the target took over
                         continue
                     if await self.mover.failover(live, send):
+                        await send({"t": "epoch", "epoch": live.spec.epoch})
                         continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} running task {spec.task_id} was lost "
@@ -273,29 +290,30 @@ class HomeSessions:
                     return
                 if event is grpc.aio.EOF:
                     if live.switch_to is not None:
-                        self._switch(live)
+                        await self._switch(live, send)
                         continue
                     if await self.mover.failover(live, send):
+                        await send({"t": "epoch", "epoch": live.spec.epoch})
                         continue
                     await send({"t": "error", "code": EXIT_LOST,
                                 "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
                     return
                 kind = event.WhichOneof("kind")
-                if kind in ("stdout", "stderr", "proxy"):
-                    await send({"t": kind}, getattr(event, kind))
-                elif kind == "stdin_ack":
+                if kind == "stdin_ack":
                     await send({"t": "stdin_ack", "n": event.stdin_ack})
                 elif kind == "usage":
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
                 elif kind == "movable":
                     live.movable = True
-                elif kind in ("checkpoint", "frozen", "freeze_failed"):
+                elif kind in ("checkpoint", "frozen", "sent", "freeze_failed"):
                     if live.move_events is not None:
                         await live.move_events.put(event)
                 elif kind == "exited":
                     if live.switch_to is not None:
-                        self._switch(live)  # the copy that moved away ended; go on with the new one
+                        await self._switch(live, send)  # the copy that moved away ended; go on with the new one
                         continue
+                    if live.move_events is not None:
+                        live.move_events.put_nowait(event)  # a move under way ends with the task
                     await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
                     return
         finally:
@@ -305,16 +323,18 @@ class HomeSessions:
             await asyncio.gather(upstream, return_exceptions=True)
 
     @staticmethod
-    def _switch(live: LiveTask) -> None:
-        """After a move: all output of the old copy has been relayed; follow the new one."""
+    async def _switch(live: LiveTask, send: Any) -> None:
+        """After a move, once the old copy has ended: follow the new one, and tell mosrun, which
+        shows the rest of the old copy's output and then the new one's."""
         assert live.switch_to is not None
         live.call.cancel()
-        live.call, live.node_id = live.switch_to
+        live.call, live.node_id, live.spec.epoch = live.switch_to
         live.record.where = live.node_id
         live.switch_to = None
+        await send({"t": "epoch", "epoch": live.spec.epoch})
 
     async def _from_mosrun(self, reader: asyncio.StreamReader, live: LiveTask) -> None:
-        """stdin, signals and proxy replies from the user's side to the task."""
+        """stdin and signals from the user's side to the task."""
         try:
             while (frame := await frames.read_frame(reader)) is not None:
                 header, payload = frame
@@ -325,8 +345,6 @@ class HomeSessions:
                     await live.write(pb.HomeMessage(stdin_eof=True))
                 elif kind == "signal":
                     await live.write(pb.HomeMessage(signal=int(header["sig"])))
-                elif kind == "proxy":
-                    await live.write(pb.HomeMessage(proxy=payload))
         except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
             log.warning("session of a task broke: %s", exc)
         except grpc.aio.AioRpcError:

@@ -42,7 +42,7 @@ class LiveTask:
     # While a move is under way: what the source sends about it, and the stream to switch to
     # once the source copy has ended.
     move_events: asyncio.Queue[pb.HostEvent | None] | None = None
-    switch_to: tuple[grpc.aio.StreamStreamCall, str] | None = None
+    switch_to: tuple[grpc.aio.StreamStreamCall, str, int] | None = None  # (stream, node, epoch)
     freezes: int = 0
     freeze_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one move or checkpoint at a time
 

@@ -69,10 +69,10 @@ class MigrationPlan:
     home: str | None = None  # None when the home node is not known to this machine
     chunk_size: int = 1 << 20
     window: int = 8 << 20  # most bytes sent and not yet acknowledged
-    reserve_timeout: float = 5.0
+    reserve_timeout: float = 20.0  # the target starts a warm interpreter before it answers
     freeze_timeout: float = 30.0  # the task must reach a safe point by then
     transfer_timeout: float = 10.0
-    start_timeout: float = 30.0  # a fresh interpreter, imports from home, the restore
+    start_timeout: float = 30.0  # the warm interpreter takes the checkpoint and confirms
 
     def __post_init__(self) -> None:
         if self.source == self.target:

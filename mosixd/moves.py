@@ -1,8 +1,9 @@
 """Moving a running task, and keeping it safe: what the home node does for its tasks.
 
 ``Mover.migrate`` drives one move with the sans-IO ``Migration`` state machine: reserve room
-on the target, freeze the task at its next safe point, relay its checkpoint, start it on the
-target, and only then end the old copy. ``Mover.store_checkpoints`` keeps the latest few
+on the target (which starts a warm interpreter for the task), freeze the task at its next safe
+point, let it stream its checkpoint straight to that interpreter (``mosrun.transfer``), start
+it on the target, and only then end the old copy. ``Mover.store_checkpoints`` keeps the latest few
 checkpoints of a ``mosrun -A`` task at home, and ``Mover.failover`` restarts such a task from
 the newest one when the node running it dies.
 """
@@ -27,6 +28,7 @@ from mosixd.migration import (EndSourceCopy, Migration, MigrationPlan, ReleaseTa
 from mosixd.policy import JobRequest, NoRoom
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
+from mosrun import transfer
 from mosrun.checkpoint import checkpoint_path, keep_last
 from mosrun.checkpoint import list_checkpoints as checkpoint_files
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mosixd.moves")
 
 FREEZE_TIMEOUT = 30.0     # a task that reaches no safe point in this long is not checkpointed
+RESERVE_TIMEOUT = 20.0    # a target starts a warm interpreter before it answers
 KEEP_CHECKPOINTS = 3
 
 
@@ -114,6 +117,8 @@ class Mover:
         live.freezes += 1
         freeze_id = live.freezes
         new_call: grpc.aio.StreamStreamCall | None = None
+        reservation = pb.Reservation()
+        handover = pb.Handover()
         outcome, ok, frozen_asked = "", False, False
         pending = machine.start(self._node.now())
         while True:
@@ -122,20 +127,32 @@ class Mover:
                 now = self._node.now()
                 if isinstance(action, ReserveTarget):
                     new_call = rpc.HostStub(self._node.channel(address)).Execute()
-                    why = await self._exchange(new_call, pb.HomeMessage(reserve=spec), "reserved", plan.reserve_timeout)
+                    answer = await self._exchange(new_call, pb.HomeMessage(reserve=spec), "reserved",
+                                                  plan.reserve_timeout)
                     now = self._node.now()
-                    pending += machine.target_reserved(now) if why is None else machine.target_refused(why, now)
+                    if isinstance(answer, str):
+                        pending += machine.target_refused(answer, now)
+                    else:
+                        reservation = answer.reserved
+                        pending += machine.target_reserved(now)
                 elif isinstance(action, RequestFreeze):
                     frozen_asked = True
-                    await live.write(pb.HomeMessage(freeze=freeze_id))
+                    try:
+                        await live.write(pb.HomeMessage(freeze=pb.Freeze(
+                            id=freeze_id, send_to=reservation.checkpoint_to, token=reservation.token)))
+                    except CALL_ERRORS:
+                        pending += machine.abort(f"task {plan.task_id} ended before it could move", now)
                 elif isinstance(action, SendChunk):
-                    pending += machine.chunk_acked(action.offset, action.size, now)  # relayed as it came
+                    # The source streamed the whole checkpoint to the target and the target
+                    # checked it before the source reported it frozen.
+                    pending += machine.chunk_acked(action.offset, action.size, now)
                 elif isinstance(action, StartOnTarget) and new_call is not None:
-                    why = await self._exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
+                    answer = await self._exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
                     now = self._node.now()
-                    pending += machine.target_started(now) if why is None else machine.target_failed(why, now)
+                    pending += (machine.target_failed(answer, now) if isinstance(answer, str)
+                                else machine.target_started(now))
                 elif isinstance(action, EndSourceCopy) and new_call is not None:
-                    live.switch_to = (new_call, target_id)
+                    live.switch_to = (new_call, target_id, spec.epoch)
                     await live.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
                 elif isinstance(action, ResumeSource) and frozen_asked:
                     with contextlib.suppress(*CALL_ERRORS):
@@ -156,24 +173,24 @@ class Mover:
             kind = event.WhichOneof("kind") if event is not None else None
             if kind is None:
                 pending += machine.peer_lost(live.node_id, now)
-            elif kind == "checkpoint" and new_call is not None:
-                try:
-                    await new_call.write(pb.HomeMessage(checkpoint=event.checkpoint))
-                except CALL_ERRORS:
-                    pending += machine.peer_lost(target_id, now)
-            elif kind == "frozen":
-                pending += machine.frozen(event.frozen, now)
+            elif kind == "exited":
+                pending += machine.abort(f"task {plan.task_id} ended before it could move", now)
+            elif kind == "sent":  # streamed to the target and checked there
+                handover = event.sent
+                pending += machine.frozen(handover.size, now)
             elif kind == "freeze_failed":
                 pending += machine.freeze_failed(event.freeze_failed, now)
         log.info("%s", outcome)
+        # The task stood still while it streamed its checkpoint, then until the target confirmed.
         return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
-                               freeze_seconds=machine.freeze_duration or 0.0)
+                               freeze_seconds=handover.seconds + (machine.freeze_duration or 0.0),
+                               state_bytes=handover.size, transfer_seconds=handover.seconds)
 
     @staticmethod
     async def _exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,
-                        timeout: float) -> str | None:
-        """Send one message on a task stream and wait for the answer: None if it is ``expect``,
-        else why not."""
+                        timeout: float) -> pb.HostEvent | str:
+        """Send one message on a task stream and wait for the answer: the event if it is
+        ``expect``, else why not."""
         try:
             await call.write(message)
             event = await asyncio.wait_for(call.read(), timeout)
@@ -181,7 +198,7 @@ class Mover:
             return f"no answer ({type(exc).__name__})"
         kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
         if kind == expect:
-            return None
+            return event
         return event.refused.reason if kind == "refused" else "closed the stream"
 
     @property
@@ -211,7 +228,7 @@ class Mover:
         directory.mkdir(parents=True, exist_ok=True)
         final = checkpoint_path(directory, live.spec.task_id, epoch)
         tmp = final.with_name(f".{final.name}.tmp")
-        await live.write(pb.HomeMessage(freeze=freeze_id))
+        await live.write(pb.HomeMessage(freeze=pb.Freeze(id=freeze_id)))
         try:
             with open(tmp, "wb") as out:
                 while True:
@@ -254,16 +271,17 @@ class Mover:
             return False
         for choice in choices:
             call = rpc.HostStub(self._node.channel(choice.address)).Execute()
-            why = await self._exchange(call, pb.HomeMessage(reserve=spec), "reserved", 10)
-            if why is None:
+            answer = await self._exchange(call, pb.HomeMessage(reserve=spec), "reserved", RESERVE_TIMEOUT)
+            why = answer if isinstance(answer, str) else None
+            if not isinstance(answer, str):
                 try:
-                    with open(latest, "rb") as f:
-                        while chunk := f.read(1 << 20):
-                            await call.write(pb.HomeMessage(checkpoint=chunk))
-                except (*CALL_ERRORS, OSError) as exc:
+                    await asyncio.to_thread(transfer.send_file, answer.reserved.checkpoint_to,
+                                            answer.reserved.token, latest)
+                except (transfer.TransferError, OSError) as exc:
                     why = str(exc)
             if why is None:
-                why = await self._exchange(call, pb.HomeMessage(start=spec), "started", 30)
+                answer = await self._exchange(call, pb.HomeMessage(start=spec), "started", 30)
+                why = answer if isinstance(answer, str) else None
             if why is not None:
                 log.info("task %s: %s cannot take it over: %s", live.spec.task_id, choice.node_id, why)
                 call.cancel()

@@ -87,7 +87,8 @@ class NodeDaemon:
         self._rng = rng or random.Random()
         self.spawner = Spawner()
         self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
-                               blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset)
+                               blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
+                               host=config.advertise.rpartition(":")[0])
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
         self.placement = Placement()
         self.rebalancer = Rebalancer(rng=self._rng)

@@ -1,19 +1,22 @@
 """The task processes this node runs, for whatever home node owns them.
 
-One home->host gRPC stream per task: the first message starts it, then stdin, signals and
-proxy replies flow in, and stdout, stderr, proxy requests, usage and the exit status flow out.
-Every pump goes through a small bounded queue, so a task that prints gigabytes is slowed to
-the pace of its home's terminal instead of filling this daemon's memory.
+One home->host gRPC stream per task carries the control: the first message starts it, then
+stdin, signals and moves flow in, and usage, move events and the exit status flow out. The
+task's stdout, stderr and file-proxy channel are not relayed here: before starting the task we
+connect each to the user's mosrun on the home node (``mosrun.dataplane``) and hand the sockets
+to the task, so its bulk bytes go straight home and TCP does the flow control.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -26,22 +29,25 @@ import psutil
 
 import mosrun
 from mosixd.loadvector import LoadVector
+from mosixd.outpipe import OutputPipe
 from mosixd.policy import JobRequest, admit
 from mosixd.rebalance import RunningTask
 from mosixd.spawner import Spawner, SpawnFailed
 from mosixd.wire import mosix_pb2 as pb
-from mosrun import frames
+from mosrun import dataplane, frames, transfer
 
 log = logging.getLogger("mosixd.tasks")
 
 RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
 CHUNK = 1 << 20
-PIPE_SIZE = 1 << 20       # bigger pipes: fewer, larger chunks on the way home
+PIPE_SIZE = 1 << 20       # a bigger stdin pipe: fewer, larger writes into the task
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
-PROXY_BACKLOG = 32 << 20  # file proxy replies held for a runtime: more than it ever awaits
 USAGE_EVERY = 2.0
-DRAIN_AFTER_EXIT = 5.0    # orphans may hold the pipes open; don't wait for them forever
+CONNECT_TIMEOUT = 10.0    # to open the task's streams to its home's mosrun
 KILL_GRACE = 2.0
+DRAIN_AFTER_EXIT = 5.0    # orphans may hold the output pipes open; don't wait for them forever
+WARM_TIMEOUT = 20.0       # a move's target interpreter must be ready by then
+RESTORE_TIMEOUT = 30.0    # ... and, once told to start, have the whole checkpoint
 
 
 class SpawnError(Exception):
@@ -54,22 +60,19 @@ class SpawnError(Exception):
 
 @dataclass
 class HostedTask:
-    """A task process running on this node, with its pipes as asyncio streams."""
+    """A task process running on this node; its stdin pipe is ours to write."""
 
     spec: pb.TaskSpec
     pid: int
     stdin: asyncio.StreamWriter
-    stdout: int                              # our non-blocking read ends of the task's pipes
-    stderr: int
     exited: asyncio.Future[int]
     scratch: Path
     local: bool
-    control: socket.socket | None = None     # our end of the runtime's socket (Python tasks)
     ctl: socket.socket | None = None         # our end of its control socket (checkpoints)
+    outputs: list[OutputPipe] = field(default_factory=list)  # its stdout and stderr, spliced home
     ctl_writer: asyncio.StreamWriter | None = None
     movable: bool = False                    # it called resumable(): it has safe points
-    pending_freeze: int = 0                  # a freeze asked for before it was movable
-    restore: Path | None = None              # the checkpoint it was started from
+    pending_freeze: pb.Freeze | None = None  # a freeze asked for before it was movable
     events: asyncio.Queue[pb.HostEvent | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))  # what goes home
     started: float = field(default_factory=time.time)
@@ -91,8 +94,10 @@ class TaskTable:
     """Starts, tracks and accounts the tasks of this node."""
 
     def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
-                 blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = ()) -> None:
+                 blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = (),
+                 host: str = "127.0.0.1") -> None:
         self.node_id = node_id
+        self._host = host.strip("[]")  # where a move's checkpoint stream comes in
         self._cpuset = cpuset
         self._spawner = spawner
         self._scratch_root = state_dir / "tasks"
@@ -143,132 +148,105 @@ class TaskTable:
             await send(_refused(f"{self.node_id}: {reason}", retry=True))
             return
         self._starting += 1
-        restore: Path | None = None
         try:
             if kind == "reserve":
-                # A move: hold the room, take the checkpoint, then start from it.
-                await send(pb.HostEvent(reserved=True))
-                restore = self._scratch_root / f"{spec.task_id}.incoming"
-                spec = await self._receive_checkpoint(requests, restore)
-                if spec is None:
+                found = await self._warm_start(spec, requests, send)
+                if found is None:
                     return  # the move was called off before the start
-            task = await self._spawn(spec, restore)
+                task = found
+            else:
+                task = await self._spawn(spec)
         except SpawnError as exc:
             await send(_refused(f"{self.node_id}: {exc}", exc.retry))
             return
         finally:
             self._starting -= 1
-            if restore is not None and (spec is None or not spec.restore):
-                restore.unlink(missing_ok=True)
         self.tasks[spec.task_id] = task
         log.info("task %s of %s %s: pid %d, %s", spec.task_id, spec.home,
-                 "restored" if restore else "started", task.pid, " ".join(spec.argv))
+                 "restored" if kind == "reserve" else "started", task.pid, " ".join(spec.argv))
         await self._run(task, requests, send)
 
-    async def _receive_checkpoint(self, requests: AsyncIterator[pb.HomeMessage], path: Path) -> pb.TaskSpec | None:
-        """Write the checkpoint chunks of a move to ``path`` until the start message comes."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as out:
-            async for message in requests:
-                kind = message.WhichOneof("kind")
-                if kind == "checkpoint":
-                    out.write(message.checkpoint)
-                elif kind == "start":
-                    out.flush()
-                    os.fsync(out.fileno())
-                    spec = message.start
-                    spec.restore = True
-                    return spec
-        path.unlink(missing_ok=True)
-        return None
+    async def _warm_start(self, spec: pb.TaskSpec, requests: AsyncIterator[pb.HomeMessage],
+                          send: Callable[[pb.HostEvent], Awaitable[None]]) -> HostedTask | None:
+        """A move's target: start the interpreter now, while the task still runs on its source.
+
+        It loads Python, the runtime and the pickler, then waits on a fresh port for the
+        frozen source to stream the checkpoint to it (``mosrun.transfer``). The home learns
+        the port and token in the reservation; on its start message the task runs from the
+        checkpoint. None when the move is called off first (the interpreter is ended).
+        """
+        token = secrets.token_bytes(transfer.TOKEN_SIZE)
+        try:
+            listener = socket.create_server((self._host, 0))
+        except OSError as exc:
+            raise SpawnError(f"cannot listen for the checkpoint on {self._host}: {exc.strerror}") from None
+        address = f"{self._host}:{listener.getsockname()[1]}"
+        try:
+            task = await self._spawn(spec, restore=(listener, token))
+        finally:
+            listener.close()  # the interpreter holds its own copy
+        try:
+            said = await _control_word(task, WARM_TIMEOUT)
+            if said.get("t") != "ready":
+                raise SpawnError(f"the task's interpreter did not start ({said.get('reason', 'it ended')})")
+            await send(pb.HostEvent(reserved=pb.Reservation(checkpoint_to=address, token=token)))
+            message = await anext(aiter(requests), None)
+            if message is None or message.WhichOneof("kind") != "start":
+                await self._discard(task)
+                return None
+            task.spec = message.start
+            assert task.ctl is not None
+            await asyncio.get_running_loop().sock_sendall(task.ctl, frames.encode({"t": "go"}))
+            said = await _control_word(task, RESTORE_TIMEOUT)
+            if said.get("t") != "restored":
+                raise SpawnError(f"cannot restore the task: {said.get('reason', 'its interpreter ended')}")
+            return task
+        except BaseException:
+            # Shielded, as in _run: a second cancellation must not leave the interpreter running.
+            await asyncio.shield(self._discard(task))
+            raise
+
+    async def _discard(self, task: HostedTask) -> None:
+        """End a task that never ran for its home (a move's target whose move failed)."""
+        await self._cleanup(task)
+        if task.ctl is not None:
+            task.ctl.close()
 
     async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
                    send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
         events = task.events
-        control = task.control
-        reader, writer = (await asyncio.open_unix_connection(sock=control)) if control else (None, None)
-        if writer is not None:
-            # A runtime reads ahead and reads the replies when it needs them: until then they
-            # wait here, and waiting for it to drain them must not hold up stdin and signals.
-            # It keeps less than this outstanding (mosrun.proxyfs.WINDOW), so this is a bound.
-            writer.transport.set_write_buffer_limits(high=PROXY_BACKLOG)
-        pipes = [asyncio.create_task(self._pump(task.stdout, "stdout", events)),
-                 asyncio.create_task(self._pump(task.stderr, "stderr", events))]
         handler = asyncio.current_task()
         assert handler is not None
-        helpers = [asyncio.create_task(self._feed(task, requests, writer, handler)),
+        helpers = [asyncio.create_task(self._feed(task, requests, handler)),
                    asyncio.create_task(self._usage(task, events))]
-        if reader is not None:
-            # Its requests, like its output, reach home before its exit status: a write the
-            # task did not wait for is done even if it then died.
-            pipes.append(asyncio.create_task(self._proxy_requests(task, reader, events)))
         if task.ctl is not None:
             ctl_reader, task.ctl_writer = await asyncio.open_unix_connection(sock=task.ctl)
             helpers.append(asyncio.create_task(self._control_events(task, ctl_reader, events)))
-        waiter = asyncio.create_task(self._wait_exit(task, pipes, events))
+        waiter = asyncio.create_task(self._wait_exit(task, events))
         try:
             await send(pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid)))
             while (event := await events.get()) is not None:
                 await send(event)
         finally:
-            for job in (*pipes, *helpers, waiter):
+            for job in (*helpers, waiter):
                 job.cancel()
             # Shielded: a second cancellation (gRPC's and the feeder's may both come) must not
             # cut the cleanup short and leave the task running.
-            cleanup = asyncio.ensure_future(self._cleanup(task, writer))
+            cleanup = asyncio.ensure_future(self._cleanup(task))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
             await asyncio.shield(cleanup)
 
-    async def _cleanup(self, task: HostedTask, writer: asyncio.StreamWriter | None) -> None:
+    async def _cleanup(self, task: HostedTask) -> None:
         self.tasks.pop(task.spec.task_id, None)
         if not task.exited.done():
             await self._kill(task)
         task.stdin.close()
-        for stream in (writer, task.ctl_writer):
-            if stream is not None:
-                stream.close()
-        if task.restore is not None:
-            task.restore.unlink(missing_ok=True)
+        for output in task.outputs:
+            output.close()
+        if task.ctl_writer is not None:
+            task.ctl_writer.close()
         shutil.rmtree(task.scratch, ignore_errors=True)
-
-    async def _pump(self, fd: int, kind: str, events: asyncio.Queue[pb.HostEvent | None]) -> None:
-        """Forward a pipe of the task; read directly (one copy), not through a StreamReader."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    chunk = os.read(fd, CHUNK)
-                except BlockingIOError:
-                    readable = loop.create_future()
-                    loop.add_reader(fd, readable.set_result, None)
-                    try:
-                        await readable
-                    finally:
-                        loop.remove_reader(fd)
-                    continue
-                if not chunk:
-                    return
-                await events.put(pb.HostEvent(**{kind: chunk}))
-        finally:
-            os.close(fd)
-
-    async def _proxy_requests(self, task: HostedTask, reader: asyncio.StreamReader,
-                              events: asyncio.Queue[pb.HostEvent | None]) -> None:
-        try:
-            while True:
-                try:
-                    prefix = await reader.readexactly(frames.PREFIX.size)
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        raise frames.ProtocolError("stream ended inside a frame") from None
-                    return
-                head_len, payload_len = frames.check_sizes(prefix)
-                rest = await reader.readexactly(head_len + payload_len)
-                frames.decode_header(rest[:head_len])  # checked, then relayed as it came
-                await events.put(pb.HostEvent(proxy=prefix + rest))
-        except (frames.ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.warning("task %s: broken runtime channel (%s)", task.spec.task_id, exc)
 
     async def _control_events(self, task: HostedTask, reader: asyncio.StreamReader,
                               events: asyncio.Queue[pb.HostEvent | None]) -> None:
@@ -279,10 +257,15 @@ class TaskTable:
                 if header["t"] == "movable":
                     task.movable = True
                     await events.put(pb.HostEvent(movable=True))
-                    if task.pending_freeze and task.ctl_writer is not None:
-                        task.ctl_writer.write(frames.encode({"t": "freeze", "id": task.pending_freeze}))
-                        task.pending_freeze = 0
+                    if task.pending_freeze is not None and task.ctl_writer is not None:
+                        task.ctl_writer.write(_freeze_frame(task.pending_freeze))
+                        task.pending_freeze = None
                         await task.ctl_writer.drain()
+                elif header["t"] == "sent":  # a move's checkpoint, streamed straight to the target
+                    log.info("task %s: checkpoint of %d bytes handed over in %.3f s", task.spec.task_id,
+                             int(header["size"]), float(header.get("seconds", 0.0)))
+                    await events.put(pb.HostEvent(sent=pb.Handover(size=int(header["size"]),
+                                                                   seconds=float(header.get("seconds", 0.0)))))
                 elif header["t"] == "freeze_failed":
                     await events.put(pb.HostEvent(freeze_failed=str(header.get("reason", "unknown"))))
                 elif header["t"] == "checkpoint":
@@ -296,24 +279,23 @@ class TaskTable:
             log.warning("task %s: broken control channel (%s)", task.spec.task_id, exc)
 
     async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                    control: asyncio.StreamWriter | None, handler: asyncio.Task[object]) -> None:
+                    handler: asyncio.Task[object]) -> None:
         try:
-            await self._feed_messages(task, requests, control)
+            await self._feed_messages(task, requests)
         except Exception as exc:  # grpc reports a cancelled call this way
             log.debug("task %s: home stream failed: %r", task.spec.task_id, exc)
         # The home never half-closes a task's stream: its end means the home is gone, and the
         # task must end with it (the handler's cleanup kills it).
         handler.cancel()
 
-    async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                             control: asyncio.StreamWriter | None) -> None:
-        # stdin goes through its own writer: a task that waits for a proxy reply before it
-        # reads stdin must get that reply even while its stdin pipe is full. The home keeps at
-        # most a window of unacknowledged stdin in flight, so this queue stays small.
+    async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> None:
+        # stdin goes through its own writer: signals and moves must get through even while
+        # the task's stdin pipe is full. The home keeps at most a window of unacknowledged
+        # stdin in flight, so this queue stays small.
         stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
         writer = asyncio.create_task(self._write_stdin(task, stdin))
         try:
-            await self._dispatch(task, requests, control, stdin)
+            await self._dispatch(task, requests, stdin)
         finally:
             writer.cancel()
 
@@ -328,7 +310,7 @@ class TaskTable:
         task.stdin.close()
 
     async def _dispatch(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                        control: asyncio.StreamWriter | None, stdin: asyncio.Queue[bytes | None]) -> None:
+                        stdin: asyncio.Queue[bytes | None]) -> None:
         async for message in requests:
             kind = message.WhichOneof("kind")
             try:
@@ -339,23 +321,22 @@ class TaskTable:
                 elif kind == "signal":
                     task.signal(message.signal)
                 elif kind == "freeze":
-                    if task.ctl_writer is None:
+                    log.info("task %s: checkpoint %d asked%s", task.spec.task_id, message.freeze.id,
+                             f" for a move to {message.freeze.send_to}" if message.freeze.send_to else "")
+                    if task.ctl is None:
                         await task.events.put(pb.HostEvent(
                             freeze_failed="the task has no safe points (it is not a Python task)"))
-                    elif not task.movable:
+                    elif not task.movable or task.ctl_writer is None:
                         # A restored copy announces itself once it reaches resumable(): hold the
                         # request until then (the move's freeze deadline bounds the wait).
                         task.pending_freeze = message.freeze
                     else:
-                        task.ctl_writer.write(frames.encode({"t": "freeze", "id": message.freeze}))
+                        task.ctl_writer.write(_freeze_frame(message.freeze))
                         await task.ctl_writer.drain()
                 elif kind == "verdict" and task.ctl_writer is not None:
                     word = "exit" if message.verdict.exit else "resume"
                     task.ctl_writer.write(frames.encode({"t": word, "id": message.verdict.freeze}))
                     await task.ctl_writer.drain()
-                elif kind == "proxy" and control is not None:
-                    control.write(message.proxy)
-                    await control.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the task closed its end, as a local process may
 
@@ -374,11 +355,11 @@ class TaskTable:
             task.cpu, task.rss = times.user + times.system, rss
             await events.put(pb.HostEvent(usage=pb.TaskUsage(cpu=task.cpu, rss=rss)))
 
-    async def _wait_exit(self, task: HostedTask, pipes: list[asyncio.Task[None]],
-                         events: asyncio.Queue[pb.HostEvent | None]) -> None:
+    async def _wait_exit(self, task: HostedTask, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        # The task's output and file requests go home on their own streams, and mosrun reads
+        # them to their end before it takes this status; hand over the output first.
         code = await asyncio.shield(task.exited)  # cancelling this waiter must not cancel the exit
-        # All output must reach home before the exit status does.
-        await asyncio.wait(pipes, timeout=DRAIN_AFTER_EXIT)
+        await asyncio.gather(*(output.drained(DRAIN_AFTER_EXIT) for output in task.outputs))
         exited = pb.TaskExit(code=code) if code >= 0 else pb.TaskExit(signal=-code)
         log.info("task %s exited: %s", task.spec.task_id, f"code {code}" if code >= 0 else f"signal {-code}")
         await events.put(pb.HostEvent(exited=exited))
@@ -394,10 +375,11 @@ class TaskTable:
             task.signal(signal.SIGKILL)
             await task.exited
 
-    async def _spawn(self, spec: pb.TaskSpec, restore: Path | None = None) -> HostedTask:
+    async def _spawn(self, spec: pb.TaskSpec, restore: tuple[socket.socket, bytes] | None = None) -> HostedTask:
         if not os.access(spec.executable, os.X_OK):
             raise SpawnError(f"{spec.executable} does not exist here or is not executable")
         identity = self._identity(spec)
+        streams = await _open_streams(spec)
         scratch = self._scratch_root / spec.task_id
         scratch.mkdir(parents=True, exist_ok=True)
         if identity:
@@ -413,38 +395,39 @@ class TaskTable:
             args = list(spec.argv)
             cwd = Path(spec.cwd) if os.path.isdir(spec.cwd) else scratch
         stdin_r, stdin_w = _pipe()
-        stdout_r, stdout_w = _pipe()
-        stderr_r, stderr_w = _pipe()
-        child_fds, ours = [stdin_r, stdout_w, stderr_w], [stdin_w, stdout_r, stderr_r]
-        control = ctl = None
+        # stdout and stderr are pipes, as in a local run, spliced into their streams home; the
+        # file channel is its stream home itself: we keep no end of it.
+        outputs = [OutputPipe(streams[0]), OutputPipe(streams[1])]
+        child_fds = [stdin_r, outputs[0].child_end, outputs[1].child_end]
+        ctl = None
         if spec.python:
-            control, runtime_end = socket.socketpair()
             ctl, ctl_end = socket.socketpair()
-            child_fds += [runtime_end.detach(), ctl_end.detach()]
+            child_fds += [streams[2].detach(), ctl_end.detach()]
             if restore is not None:
-                # An open fd, not a path: the runtime's file proxy must never mistake the
-                # checkpoint for a file of the home node's.
-                child_fds.append(os.open(restore, os.O_RDONLY))
+                # A move's target: the socket the checkpoint will arrive on, and its token.
+                child_fds.append(os.dup(restore[0].fileno()))
+                env["MOSIX_RESTORE_TOKEN"] = restore[1].hex()
         try:
             pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
                                             umask=spec.umask, identity=identity, fds=child_fds,
                                             fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD", "MOSIX_RESTORE_FD"),
                                             cpuset=self._cpuset)
         except SpawnFailed as exc:
-            for fd in ours:
-                os.close(fd)
-            for sock in (control, ctl):
-                if sock:
-                    sock.close()
+            os.close(stdin_w)
+            for output in outputs:
+                output.close()
+            if ctl is not None:
+                ctl.close()
             shutil.rmtree(scratch, ignore_errors=True)
             raise SpawnError(f"cannot start {spec.executable}: {exc.strerror}") from None
         finally:
             for fd in child_fds:
                 os.close(fd)
-        stdin, stdout, stderr = await _streams(*ours)
-        return HostedTask(spec=spec, pid=pid, stdin=stdin, stdout=stdout, stderr=stderr,
-                          exited=self._spawner.exit_status(pid), scratch=scratch, local=spec.home == self.node_id,
-                          control=control, ctl=ctl, restore=restore)
+        for output in outputs:
+            output.start()
+        stdin = await _stdin_writer(stdin_w)
+        return HostedTask(spec=spec, pid=pid, stdin=stdin, exited=self._spawner.exit_status(pid), scratch=scratch,
+                          local=spec.home == self.node_id, ctl=ctl, outputs=outputs)
 
     def _identity(self, spec: pb.TaskSpec) -> dict[str, object]:
         """Run the task as its user: switch to them when root, else only run our own user's tasks."""
@@ -459,6 +442,39 @@ class TaskTable:
         return {}
 
 
+def _freeze_frame(freeze: pb.Freeze) -> bytes:
+    """The control frame asking a runtime for a checkpoint: home, or straight to a target."""
+    header: dict[str, object] = {"t": "freeze", "id": freeze.id}
+    if freeze.send_to:
+        header.update(to=freeze.send_to, token=freeze.token.hex())
+    return frames.encode(header)
+
+
+async def _control_word(task: HostedTask, timeout: float) -> dict[str, object]:
+    """The next frame on a starting task's control socket, read exactly (the rest of the
+    stream is the control reader's); {"t": "ended"} if it closed, or timed out."""
+    assert task.ctl is not None
+    loop = asyncio.get_running_loop()
+    task.ctl.setblocking(False)
+
+    async def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = await loop.sock_recv(task.ctl, n - len(data))  # type: ignore[arg-type]
+            if not chunk:
+                raise ConnectionResetError
+            data += chunk
+        return data
+
+    try:
+        async with asyncio.timeout(timeout):
+            head_len, payload_len = frames.check_sizes(await exactly(frames.PREFIX.size))
+            rest = await exactly(head_len + payload_len)
+        return frames.decode_header(rest[:head_len])
+    except (TimeoutError, ConnectionError, frames.ProtocolError) as exc:
+        return {"t": "ended", "reason": "no answer" if isinstance(exc, TimeoutError) else "it ended"}
+
+
 def _pipe() -> tuple[int, int]:
     read_end, write_end = os.pipe()
     with contextlib.suppress(AttributeError, OSError):  # Linux only; the default still works
@@ -466,12 +482,53 @@ def _pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-async def _streams(stdin_fd: int, stdout_fd: int, stderr_fd: int) -> tuple[asyncio.StreamWriter, int, int]:
-    """Our ends of the child's pipes: stdin as an asyncio stream (writes honour flow control),
-    stdout and stderr as non-blocking fds for the pumps."""
+async def _stdin_writer(stdin_fd: int) -> asyncio.StreamWriter:
+    """Our end of the child's stdin pipe as an asyncio stream (writes honour flow control)."""
     loop = asyncio.get_running_loop()
-    for fd in (stdout_fd, stderr_fd):
-        os.set_blocking(fd, False)
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(stdin_fd, "wb", buffering=0))
-    return asyncio.StreamWriter(transport, protocol, None, loop), stdout_fd, stderr_fd
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+async def _open_streams(spec: pb.TaskSpec) -> list[socket.socket]:
+    """Connect the task's stdout, stderr and (a Python task's) file channel to the user's
+    mosrun at home, all at once; raises SpawnError naming the home endpoint."""
+    if not spec.streams_to or len(spec.streams_token) != dataplane.TOKEN_SIZE:
+        raise SpawnError("the start names no home endpoint for the task's output", retry=False)
+    kinds = ("stdout", "stderr", "files") if spec.python else ("stdout", "stderr")
+    results = await asyncio.gather(*(_connect_stream(spec, kind) for kind in kinds), return_exceptions=True)
+    streams = [r for r in results if isinstance(r, socket.socket)]
+    failure = next((r for r in results if not isinstance(r, socket.socket)), None)
+    if failure is None:
+        return streams
+    for sock in streams:
+        sock.close()
+    if not isinstance(failure, (OSError, TimeoutError)):
+        raise failure
+    why = (f"no answer in {CONNECT_TIMEOUT:g} s" if isinstance(failure, TimeoutError)
+           else failure.strerror or str(failure))
+    log.warning("task %s: cannot open its streams to %s: %s", spec.task_id, spec.streams_to, why)
+    raise SpawnError(f"cannot open the task's streams to its home at {spec.streams_to} ({why})")
+
+
+async def _connect_stream(spec: pb.TaskSpec, kind: str) -> socket.socket:
+    """One stream: connect, greet with the token, take mosrun's answer. Blocking afterwards,
+    as the task expects of its fds."""
+    loop = asyncio.get_running_loop()
+    host, _, port = spec.streams_to.rpartition(":")
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await loop.sock_connect(sock, (host, int(port)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # lines and requests go at once
+            await loop.sock_sendall(sock, dataplane.greeting(spec.task_id, spec.epoch, kind, spec.streams_token))
+            answer = await loop.sock_recv(sock, len(dataplane.ACK))
+        if answer != dataplane.ACK:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"mosrun refused the task's {kind} stream")
+        sock.setblocking(True)
+        return sock
+    except BaseException:
+        sock.close()
+        raise

@@ -5,8 +5,9 @@ One self-describing container, written and read as a sequence of pieces::
     MAGIC | format version u16 | header length u32 | CRC32 of header u32 | header (JSON)
     | pickle payload | out-of-band buffer 0 | buffer 1 | ...
 
-The header holds a SHA-256 of everything after it, so a damaged or truncated checkpoint
-is refused before one byte is unpickled. Pickling uses protocol 5; large numpy arrays,
+The header holds a CRC-32 of everything after it (fast enough to check at memory speed, and
+made to catch damage, not forgery: checkpoints travel only between authenticated nodes), so
+a damaged or truncated checkpoint is refused before one byte is unpickled. Pickling uses protocol 5; large numpy arrays,
 bytes and bytearrays are handed back as views of the state's own memory, never copied.
 This runs inside task processes: standard library only at import; cloudpickle and dill
 are imported when first used.
@@ -66,8 +67,9 @@ class CheckpointHeader:
     created: float  # unix time
     payload_size: int
     buffers: tuple[int, ...]  # sizes of the out-of-band buffers, in order
-    checksum: str  # "sha256:<hex>" of everything after the header
+    checksum: str  # "crc32:<hex>" (older: "sha256:<hex>") of everything after the header
     pickler: str  # "cloudpickle" | "dill" | "pickle"
+    kept: tuple[int, ...] = ()  # which buffers are big bytearrays of the state, restored as is
 
     @property
     def total_size(self) -> int:
@@ -143,14 +145,50 @@ class _Gather:
         return self.pieces + [bytes(self.small)] if self.small else self.pieces
 
 
-def _dump(name: str, obj: object, sink: object, buffers: list[memoryview]) -> None:
+def _holds_big_bytearray(obj: object, budget: int = _WALK_BUDGET) -> bool:
+    """Whether a short walk of ``obj`` finds a bytearray of at least ``_BIG`` bytes."""
+    todo, seen = [obj], {id(obj)}
+    while todo and budget > 0:
+        item = todo.pop()
+        if type(item) is bytearray:
+            if len(item) >= _BIG:
+                return True
+            continue
+        if isinstance(item, (str, bytes, int, float, complex, type)) or item is None:
+            continue
+        for _, child in _children(item):
+            budget -= 1
+            if id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
+    return False
+
+
+def _dump(name: str, obj: object, sink: object, buffers: list[memoryview], kept: list[int]) -> None:
     def take(pb: pickle.PickleBuffer) -> bool:
         view = pb.raw()
         if view.nbytes < _BIG:
             return True  # stays in band
         buffers.append(view)
         return False
-    _pickler_class(name)(sink, protocol=5, buffer_callback=take).dump(obj)
+
+    pickler = _pickler_class(name)(sink, protocol=5, buffer_callback=take)
+    if _holds_big_bytearray(obj):
+        # Big bytearrays go out of band too, by persistent id: a receiver reads each into the
+        # very bytearray the restored state keeps (in band, unpickling copies them again).
+        # Only then, as the pickler calls persistent_id for every object.
+        index: dict[int, int] = {}  # persistent ids are not memoized: one buffer per bytearray
+
+        def persistent_id(item: object) -> object:
+            if type(item) is bytearray and len(item) >= _BIG:
+                if id(item) not in index:
+                    index[id(item)] = len(buffers)
+                    kept.append(len(buffers))
+                    buffers.append(memoryview(item))
+                return ("mosix-buffer", index[id(item)])
+            return None
+        pickler.persistent_id = persistent_id
+    pickler.dump(obj)
 
 
 def _children(obj: object) -> list[tuple[str, object]]:
@@ -186,7 +224,7 @@ def _locate(obj: object, path: str, name: str, depth: int, budget: list[int],
             continue
         seen.add(id(child))
         try:
-            _dump(name, child, _Gather(), [])
+            _dump(name, child, _Gather(), [], [])
             continue
         except Exception:
             pass
@@ -222,9 +260,9 @@ def dumps(state: object, *, task_id: str, epoch: int) -> list[bytes | memoryview
         raise ValueError(f"epoch must be an int >= 0, not {epoch!r}")
     failure: tuple[str, BaseException] | None = None
     for name in _available():
-        sink, buffers = _Gather(), []
+        sink, buffers, kept = _Gather(), [], []
         try:
-            _dump(name, state, sink, buffers)
+            _dump(name, state, sink, buffers, kept)
         except _Refused as exc:  # every pickler refuses these; no use trying the next
             failure = (name, exc)
             break
@@ -232,20 +270,25 @@ def dumps(state: object, *, task_id: str, epoch: int) -> list[bytes | memoryview
             failure = (name, exc)
             continue
         payload = sink.done()
-        digest = hashlib.sha256()
+        crc = 0
         for piece in (*payload, *buffers):
-            digest.update(piece)
+            crc = zlib.crc32(piece, crc)
         v = sys.version_info
         header = CheckpointHeader(
             version=FORMAT_VERSION, python=f"{v.major}.{v.minor}.{v.micro}", task_id=task_id,
             epoch=int(epoch), created=time.time(), payload_size=sum(len(p) for p in payload),
-            buffers=tuple(b.nbytes for b in buffers), checksum="sha256:" + digest.hexdigest(),
-            pickler=name)
+            buffers=tuple(b.nbytes for b in buffers), checksum=f"crc32:{crc:08x}",
+            pickler=name, kept=tuple(kept))
         text = json.dumps(asdict(header), separators=(",", ":")).encode()
         return [MAGIC + _PREFIX.pack(FORMAT_VERSION, len(text), zlib.crc32(text)) + text,
                 *payload, *buffers]
     assert failure is not None
     raise _explain(state, *failure) from failure[1]
+
+
+def warm_up() -> None:
+    """Import the pickler now: a move's target does it before the task is frozen, not after."""
+    importlib.import_module(_available()[0])
 
 
 def _parse_header(view: memoryview) -> tuple[CheckpointHeader, int]:
@@ -266,9 +309,11 @@ def _parse_header(view: memoryview) -> tuple[CheckpointHeader, int]:
     try:
         known = {f.name for f in fields(CheckpointHeader)}
         raw = {k: v for k, v in json.loads(bytes(view[_PREFIX_END:end])).items() if k in known}
-        header = CheckpointHeader(**{**raw, "buffers": tuple(raw.get("buffers", ()))})
+        header = CheckpointHeader(**{**raw, "buffers": tuple(raw.get("buffers", ())),
+                                     "kept": tuple(raw.get("kept", ()))})
         ok = (header.version == version and header.pickler in _PICKLERS
               and all(type(n) is int and n >= 0 for n in (header.payload_size, header.epoch, *header.buffers))
+              and all(type(i) is int and 0 <= i < len(header.buffers) for i in header.kept)
               and isinstance(header.task_id, str) and isinstance(header.checksum, str)
               and isinstance(header.python, str))
     except (ValueError, TypeError, AttributeError) as exc:
@@ -291,25 +336,56 @@ def read_header(data: bytes | bytearray | memoryview | str | os.PathLike) -> Che
     return _parse_header(memoryview(data).cast("B"))[0]
 
 
-def loads(data: bytes | bytearray | memoryview) -> tuple[CheckpointHeader, object]:
+def header_size(prefix: bytes | bytearray | memoryview) -> int:
+    """From the first :data:`PREFIX_SIZE` bytes of a checkpoint: the size of its whole
+    header (prefix included), so a reader knows how much to read before ``read_header``."""
+    view = memoryview(prefix).cast("B")
+    if len(view) < _PREFIX_END or view[:len(MAGIC)] != MAGIC:
+        raise CorruptCheckpoint("not a mosix checkpoint (bad magic)")
+    return _PREFIX_END + _PREFIX.unpack_from(view, len(MAGIC))[1]
+
+
+PREFIX_SIZE = _PREFIX_END
+
+
+def check_sum(header: CheckpointHeader, body: bytes | bytearray | memoryview, crc: int | None = None) -> None:
+    """Raise CorruptCheckpoint unless ``body`` (everything after the header) matches the
+    header's checksum. ``crc``: a CRC-32 of the body already computed while it arrived."""
+    algo, _, hexdigest = header.checksum.partition(":")
+    if algo == "crc32":
+        ok = f"{zlib.crc32(body) if crc is None else crc:08x}" == hexdigest
+    elif algo in ("sha256", "sha512", "blake2b"):
+        ok = hashlib.new(algo, body).hexdigest() == hexdigest
+    else:
+        raise CorruptCheckpoint(f"checkpoint uses an unknown checksum {algo!r}")
+    if not ok:
+        raise CorruptCheckpoint(f"checkpoint of task {header.task_id} epoch {header.epoch} "
+                                "is corrupt (checksum mismatch)")
+
+
+def loads(data: bytes | bytearray | memoryview, *, buffers: list[bytearray] | None = None,
+          checked: bool = False) -> tuple[CheckpointHeader, object]:
     """Verify a whole checkpoint, then unpickle it: ``(header, state)``.
 
     Nothing is unpickled unless magic, format version, sizes, checksum and Python version
-    all hold. From a bytearray, large arrays are restored in place (no copy); from
-    read-only data they are copied once, so the restored state stays writable.
+    all hold (``checked``: the checksum was verified as the bytes arrived). From a
+    bytearray, large arrays are restored in place (no copy); from read-only data they are
+    copied once, so the restored state stays writable. ``buffers``: the out-of-band
+    buffers received apart, ``data`` then ending with the pickle; they become the state's
+    big bytearrays and arrays as they are.
     """
     view = memoryview(data).cast("B")
     header, pos = _parse_header(view)
-    expected = pos + header.total_size
+    expected = pos + (header.payload_size if buffers is not None else header.total_size)
     if len(view) != expected:
         what = "truncated" if len(view) < expected else "followed by stray bytes"
         raise CorruptCheckpoint(f"checkpoint is {what} ({len(view)} of {expected} bytes)")
-    algo, _, hexdigest = header.checksum.partition(":")
-    if algo not in ("sha256", "sha512", "blake2b"):
-        raise CorruptCheckpoint(f"checkpoint uses an unknown checksum {algo!r}")
-    if hashlib.new(algo, view[pos:]).hexdigest() != hexdigest:
-        raise CorruptCheckpoint(f"checkpoint of task {header.task_id} epoch {header.epoch} "
-                                "is corrupt (checksum mismatch)")
+    if buffers is not None and [len(b) for b in buffers] != list(header.buffers):
+        raise CorruptCheckpoint("checkpoint buffers do not match its header")
+    if not checked:
+        if buffers is not None:
+            raise ValueError("buffers received apart must have been checked as they came")
+        check_sum(header, view[pos:])
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if header.python.split(".")[:2] != here.split("."):
         raise IncompatibleCheckpoint(f"checkpoint was written by Python {header.python}; "
@@ -320,13 +396,30 @@ def loads(data: bytes | bytearray | memoryview) -> tuple[CheckpointHeader, objec
         raise IncompatibleCheckpoint(f"checkpoint was written with {header.pickler}, "
                                      "which is not installed here") from None
     payload, pos = view[pos:pos + header.payload_size], pos + header.payload_size
-    buffers: list[memoryview | bytearray] = []
-    for size in header.buffers:
+    out_of_band: list[memoryview | bytearray] = list(buffers) if buffers is not None else []
+    for size in header.buffers if buffers is None else ():
         # numpy builds arrays on these buffers: read-only memory would give read-only arrays
-        buffers.append(bytearray(view[pos:pos + size]) if view.readonly else view[pos:pos + size])
+        out_of_band.append(bytearray(view[pos:pos + size]) if view.readonly else view[pos:pos + size])
         pos += size
+    module = loader if header.pickler == "dill" else pickle
     try:
-        return header, (loader if header.pickler == "dill" else pickle).loads(payload, buffers=buffers)
+        if not header.kept:
+            return header, module.loads(payload, buffers=out_of_band)
+        kept = set(header.kept)
+        unpickler = module.Unpickler(io.BytesIO(payload),
+                                     buffers=[b for i, b in enumerate(out_of_band) if i not in kept])
+
+        def persistent_load(pid: object) -> bytearray:
+            index = pid[1] if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "mosix-buffer" else -1
+            if index not in kept:
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+            found = out_of_band[index]
+            if type(found) is not bytearray:
+                found = out_of_band[index] = bytearray(found)  # once: shared references stay shared
+            return found
+
+        unpickler.persistent_load = persistent_load
+        return header, unpickler.load()
     except Exception as exc:
         raise CheckpointError(f"cannot restore task {header.task_id} epoch {header.epoch}: "
                               f"{_one_line(exc)}") from exc

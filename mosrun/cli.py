@@ -2,9 +2,10 @@
 
 Standard library only and little of it, so that starting a task costs barely more than
 starting Python. mosrun stays connected to its home daemon for the task's whole life: it
-forwards stdin and signals, writes the task's stdout and stderr, performs the file
-operations of a Python task here as this user (``mosrun.homefs``), and exits with the
-task's status.
+forwards stdin and signals through it, and exits with the task's status. The task's stdout,
+stderr and file requests come to mosrun directly from the node running it
+(``mosrun.dataplane``): mosrun writes the output and performs the file operations of a Python
+task here as this user (``mosrun.homefs``).
 
 Exit codes: the task's own code, or 128+N when it died of signal N; 2 usage (and, as with
 python, a script that cannot be opened); 125 the task could not be started (no daemon, unknown
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import selectors
 import signal
 import socket
@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from mosrun import frames
+from mosrun.dataplane import DataPlane
 
 EXIT_USAGE = 2
 EXIT_LAUNCH = 125
@@ -32,8 +33,7 @@ SYSTEM_SESSION = "/run/mosix/mosrun.sock"
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT)
 OUT_HIGH_WATER = 1 << 20   # stop reading stdin while this much is waiting to reach the daemon
 STDIN_WINDOW = 1 << 20     # at most this much stdin not yet written into the task
-SOCKET_BUFFER = 4 << 20    # big socket buffers: task output arrives in MiB chunks
-RECV_SIZE = 4 << 20
+RECV_SIZE = 1 << 16        # the session carries control frames only
 STDIN_CHUNK = 64 * 1024
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
@@ -236,34 +236,26 @@ def fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write everything, waiting while a non-blocking stdout is full."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            return  # the reader went away, as it may for a local program too
-        except BlockingIOError:
-            select.select([], [fd], [], 1.0)
-
-
 class Session:
-    """One task's session with the home daemon: the event loop on this side."""
+    """One task's session with the home daemon: the event loop on this side.
+
+    The session socket carries the control: the launch, stdin, signals, notices and the exit
+    status. The task's stdout, stderr and file requests come straight from the node running
+    it, on the streams of :class:`mosrun.dataplane.DataPlane`, served in the same loop.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.sock.setblocking(False)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.sel = selectors.DefaultSelector()
+        self.plane: DataPlane | None = None
+        self.session_open = True
         self.stdin_open = True
         self.stdin_in_flight = 0    # sent, not yet acknowledged as written into the task
         self.stdin_polled = False   # stdin cannot be watched (a regular file): read it when there is room
-        self.files: Any = None      # HomeFiles, created on the first proxy request
         self.status: int | None = None
+        self.error = ""             # said once the task's last output is out
         wake_r, self.wake_w = socket.socketpair()
         wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -273,7 +265,15 @@ class Session:
         self.outbuf += frames.encode(header, payload)
 
     def run(self, launch: dict[str, Any]) -> int:
-        self.send(launch)
+        hello = self._hello()
+        try:
+            self.plane = DataPlane(self.sel, str(hello.get("host", "")), str(hello.get("task", "")))
+        except (OSError, UnicodeError, ValueError) as exc:
+            fail(f"cannot listen for the task's output on {hello.get('host')!r}: "
+                 f"{getattr(exc, 'strerror', None) or exc}", EXIT_LAUNCH)
+        assert self.plane is not None
+        self.sock.setblocking(False)
+        self.send({**launch, "streams_to": self.plane.endpoint, "streams_token": self.plane.token.hex()})
         signal.set_wakeup_fd(self.wake_w.fileno())
         for sig in FORWARDED:
             signal.signal(sig, lambda *_: None)  # the wakeup fd carries the number
@@ -285,11 +285,19 @@ class Session:
             self.stdin_polled = True  # a regular file: epoll cannot watch it, it is always readable
         except (ValueError, OSError):
             self._eof_stdin()  # no usable stdin at all: the task sees an empty one
-        while self.status is None:
+        while not (self.status is not None and self.plane.done()):
             self._update_interest()
-            timeout = 0 if self.stdin_polled and self._room_for_stdin() else None
+            timeout = self.plane.timeout()
+            if self.stdin_polled and self._room_for_stdin():
+                timeout = 0
             for key, events in self.sel.select(timeout):
-                if key.fileobj is self.sock:
+                if key.data is not None:
+                    # A stream of the task, unless an earlier callback of this batch changed
+                    # what it is for (or closed it): then the next select says it afresh.
+                    now = self.sel.get_map().get(key.fd)
+                    if now is not None and now.data is key.data:
+                        key.data(events)
+                elif key.fileobj is self.sock:
                     if events & selectors.EVENT_WRITE:
                         self._flush()
                     if events & selectors.EVENT_READ:
@@ -299,15 +307,36 @@ class Session:
                         self.send({"t": "signal", "sig": signum})
                 elif key.fileobj == 0:
                     self._read_stdin()
+            self.plane.tick()
             if self.stdin_polled and self._room_for_stdin():
                 self._read_stdin()
+        self.plane.close()
+        if self.error:
+            sys.stderr.write(f"mosrun: {self.error}\n")
         return self.status
+
+    def _hello(self) -> dict[str, Any]:
+        """The daemon's first frame: the task's id and the address to take its streams on."""
+        try:
+            frame = frames.recv_frame(self.sock)
+        except (OSError, frames.ProtocolError):
+            frame = None
+        if frame is None:
+            fail("the home daemon closed the session (was it stopped?)", EXIT_LOST)
+        assert frame is not None
+        header = frame[0]
+        if header["t"] == "error":
+            fail(str(header.get("message", "failed")), int(header.get("code", EXIT_LAUNCH)))
+        if header["t"] != "hello":
+            fail(f"the home daemon spoke out of turn ({header['t']!r})", EXIT_LAUNCH)
+        return header
 
     def _room_for_stdin(self) -> bool:
         return self.stdin_open and len(self.outbuf) < OUT_HIGH_WATER and self.stdin_in_flight < STDIN_WINDOW
 
     def _update_interest(self) -> None:
-        self.sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0))
+        if self.session_open:
+            self.sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0))
         if self.stdin_open and not self.stdin_polled:
             watching, room = 0 in self.sel.get_map(), self._room_for_stdin()
             if watching and not room:
@@ -357,61 +386,43 @@ class Session:
         except ConnectionResetError:
             data = b""
         if not data:
+            if self.status is not None:
+                self.sel.unregister(self.sock)  # said all it had to; the task's output may still come
+                self.session_open = False
+                return
             fail("the home daemon closed the session (was it stopped?)", EXIT_LOST)
         self.inbuf += data
-        view = memoryview(self.inbuf)
         start, prefix = 0, frames.PREFIX.size
-        try:
-            # Parse in place: payloads are handed on as memoryviews, not copied.
-            while len(view) - start >= prefix:
-                head_len, payload_len = frames.check_sizes(view[start:start + prefix])
-                end = start + prefix + head_len + payload_len
-                if len(view) < end:
-                    break
-                header = frames.decode_header(view[start + prefix:start + prefix + head_len].tobytes())
-                self._handle(header, view[start + prefix + head_len:end])
-                start = end
-                if self.status is not None:
-                    break
-        finally:
-            view.release()
+        while len(self.inbuf) - start >= prefix and self.status is None:
+            head_len, payload_len = frames.check_sizes(self.inbuf[start:start + prefix])
+            end = start + prefix + head_len + payload_len
+            if len(self.inbuf) < end:
+                break
+            self._handle(frames.decode_header(bytes(self.inbuf[start + prefix:start + prefix + head_len])))
+            start = end
         del self.inbuf[:start]
 
-    def _handle(self, header: dict[str, Any], payload: memoryview) -> None:
+    def _handle(self, header: dict[str, Any]) -> None:
+        assert self.plane is not None
         kind = header["t"]
-        if kind == "stdout":
-            write_all(1, payload)
-        elif kind == "stderr":
-            write_all(2, payload)
-        elif kind == "proxy":
-            self._proxy(payload)
-        elif kind == "stdin_ack":
+        if kind == "stdin_ack":
             self.stdin_in_flight -= int(header.get("n", 0))
+        elif kind == "started":
+            self.plane.start()
+        elif kind == "epoch":
+            self.plane.switch(int(header["epoch"]))  # the task moved on to a newer copy
         elif kind == "exit":
             sig = int(header.get("signal") or 0)
             self.status = 128 + sig if sig else int(header.get("code", 0))
+            self.plane.finish()
         elif kind == "error":
-            sys.stderr.write(f"mosrun: {header.get('message', 'failed')}\n")
+            self.error = str(header.get("message", "failed"))
             self.status = int(header.get("code", EXIT_LAUNCH))
+            self.plane.finish()
         elif kind == "notice":
             sys.stderr.write(f"mosrun: {header.get('text', '')}\n")
         elif kind == "queued":
             sys.stderr.write(f"mosrun: waiting for a node to take the task ({header.get('reason', '')})\n")
-
-    def _proxy(self, payload: memoryview) -> None:
-        """Perform one file request of the task; its payload (a write's data) is used in place,
-        and the reply goes out without being copied into a frame first."""
-        if self.files is None:
-            from mosrun.homefs import HomeFiles
-
-            self.files = HomeFiles(os.getcwd())
-        head_len, _ = frames.check_sizes(payload[:frames.PREFIX.size])
-        request = frames.decode_header(payload[frames.PREFIX.size:frames.PREFIX.size + head_len].tobytes())
-        reply, data = self.files.handle(request, payload[frames.PREFIX.size + head_len:])
-        inner = frames.encode_head(reply, len(data))
-        self.outbuf += frames.encode_head({"t": "proxy"}, len(inner) + len(data))
-        self.outbuf += inner
-        self.outbuf += data
 
 
 def _fill_std_fds() -> None:

@@ -149,7 +149,8 @@ class Connection:
              "pid": t.pid} for t in reply.tasks]}
 
     def migrate(self, task_id: str, target: str) -> dict[str, Any]:
-        """Ask for a move; returns {"ok", "message", "node", "freeze_seconds"}."""
+        """Ask for a move; returns {"ok", "message", "node", "freeze_seconds", "state_bytes",
+        "transfer_seconds"}."""
         from mosixd.wire import mosix_pb2 as pb
 
         request = pb.MigrateRequest(task_id=task_id, target=target, uid=os.getuid())
@@ -158,7 +159,8 @@ class Connection:
         except self._grpc.RpcError as exc:
             raise _client_error(exc, self.target) from None
         return {"ok": reply.ok, "message": reply.message, "node": reply.node,
-                "freeze_seconds": round(reply.freeze_seconds, 4)}
+                "freeze_seconds": round(reply.freeze_seconds, 4), "state_bytes": reply.state_bytes,
+                "transfer_seconds": round(reply.transfer_seconds, 4)}
 
     def set_blocked(self, blocked: bool) -> dict[str, Any]:
         """Block or unblock the answering node; returns its node dict."""

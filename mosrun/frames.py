@@ -1,5 +1,6 @@
-"""The light framing spoken between mosrun and its home daemon, and between a task's runtime
-and the daemon that runs it. Standard library only, so neither side pays for importing gRPC.
+"""The light framing spoken between mosrun and its home daemon, between a task's runtime and
+the daemon that runs it, and on a task's streams to mosrun (``mosrun.dataplane``). Standard
+library only, so no side pays for importing gRPC.
 
 A frame is ``!II`` (header length, payload length), a JSON object (the header, always with a
 ``"t"`` type), then raw payload bytes. JSON, not pickle: a daemon must never unpickle what a

@@ -187,10 +187,6 @@ def _setup(here: str) -> tuple[dict[str, str], str, str, list[str]]:
         _die("MOSIX_RUNTIME_FD is not set: this program is started by mosixd to run a task")
     env = {key: os.environ.pop(key) for key in _PLUMBING if key in os.environ}
     env.update((key, os.environ[key]) for key in _VISIBLE if key in os.environ)
-    if os.environ.get("MOSIX_RESTORE_FD"):
-        from mosrun import task
-
-        task.begin_replay()  # a restored run's prefix was already shown before the move
     home_cwd = env.get("MOSIX_HOME_CWD", "")
     if not home_cwd.startswith("/"):
         _die("MOSIX_HOME_CWD is not an absolute path")
@@ -211,6 +207,10 @@ def _setup(here: str) -> tuple[dict[str, str], str, str, list[str]]:
     if env.get("MOSIX_STDOUT_TTY") == "1" and sys.stdout and not sys.stdout.write_through:
         sys.stdout.reconfigure(line_buffering=True)  # python does this for a terminal
     sys.meta_path.append(_PackageFinder(here))
+    if os.environ.get("MOSIX_RESTORE_FD"):
+        from mosrun import task
+
+        task.await_checkpoint()  # a move's target: ready early, run once the checkpoint is here
     return env, kind, what, argv
 
 

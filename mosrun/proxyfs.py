@@ -32,8 +32,8 @@ CHUNK = 4 << 20            # largest read/write payload per request
 BUFFER_SIZE = 1 << 20      # buffer of a home file: big, so throughput is not round-trip bound
 MAX_HEADER, MAX_PAYLOAD = 1 << 20, 16 << 20   # as mosrun.frames
 WINDOW = 16 << 20          # payload bytes (either way) of the requests awaiting replies
-MAX_WAITING = 64           # requests awaiting replies: bounds what the relays hold for us
-AHEAD_CHUNK = 1 << 20      # one read-ahead request: small enough to keep every relay busy
+MAX_WAITING = 64           # requests awaiting replies: bounds what home holds for us
+AHEAD_CHUNK = 1 << 20      # one read-ahead request: small enough to keep both ends busy
 AHEAD_FILE = 16 << 20      # most one file reads ahead
 AHEAD_TOTAL = 32 << 20     # most all files together hold read ahead (asked, not handed out)
 
@@ -83,7 +83,8 @@ class Request:
 
 
 class Channel:
-    """Requests to the home mosrun over the inherited daemon socket.
+    """Requests to the home mosrun over the inherited socket: a TCP stream straight to it,
+    which the node opened for this task (``mosrun.dataplane``).
 
     Frames are those of :mod:`mosrun.frames`, written here with ``os.writev``/``os.readv`` so
     that neither ``socket`` nor ``json`` is imported at task start. Home performs requests one
@@ -316,7 +317,7 @@ class Channel:
 
     def _await_room(self) -> None:
         """Wait until the socket takes more; meanwhile read the replies that come, which
-        home (or a relay) may be unable to send until we do."""
+        home may be unable to send until we do."""
         reading = bool(self._waiting)
         self._poller.modify(self.fd, self._out | (self._in if reading else 0))
         try:
@@ -792,6 +793,12 @@ class HomeFileIO(io.RawIOBase):
             self._chan.wait(self._last)
         if self._errors:
             self._raise_late()
+
+    def fsync(self) -> None:
+        """What ``os.fsync(f)`` does for a home file: once home has performed the writes
+        already handed to this raw file, its own fsync of the file."""
+        self.flush()
+        self._rpc("fsync", {})
 
     def fileno(self) -> int:
         if self._fd is not None:

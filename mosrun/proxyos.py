@@ -8,7 +8,8 @@
 ``os.path``, ``pathlib``, ``shutil``, ``glob`` and ``os.walk`` are built on these and follow.
 A home path given to ``os.open`` yields a placeholder descriptor (a local ``/dev/null``), and
 from then on ``os.read``, ``write``, ``lseek``, ``fstat``, ``fsync``, ``ftruncate`` and
-``close`` serve such descriptors from home; until then they are not touched.
+``close`` serve such descriptors from home; until then they are not touched. ``os.fsync`` also
+takes a home file object (``f.flush(); os.fsync(f)``), which has no descriptor.
 
 Each patched call decides with one check whether its path is at home; if not, or when given a
 descriptor or ``dir_fd``, it is the original call. Not proxied: child processes (they run in the
@@ -378,6 +379,19 @@ def _fd_call(name: str, op: str, args: Any, result: Any) -> Any:
     return call
 
 
+_fsync_fd = _fd_call("fsync", "fsync", lambda: {}, lambda r, d: None)
+
+
+def _fsync(fd: Any) -> None:
+    """``os.fsync``: also takes a home file object, which has no descriptor to give. Like the
+    real call it syncs what was written to the file, not what its buffer still holds."""
+    if fd.__class__ is not int:
+        raw = getattr(getattr(fd, "buffer", fd), "raw", fd)
+        if isinstance(raw, fs.HomeFileIO):
+            return raw.fsync()
+    return _fsync_fd(fd)
+
+
 def _close(fd: int) -> None:
     state = fs.fds.pop(fd, None) if fd.__class__ is int else None
     if state is None:
@@ -394,7 +408,7 @@ _FD_CALLS = {
     "lseek": _fd_call("lseek", "seek", lambda pos, how: {"pos": pos, "whence": how},
                       lambda r, d: r["pos"]),
     "fstat": _fd_call("fstat", "fstat", lambda: {}, lambda r, d: _stat_result(r)),
-    "fsync": _fd_call("fsync", "fsync", lambda: {}, lambda r, d: None),
+    "fsync": _fsync,
     "ftruncate": _fd_call("ftruncate", "ftruncate", lambda size: {"size": size},
                           lambda r, d: None),
     "close": _close,
@@ -523,7 +537,7 @@ def install(channel: fs.Channel, home_cwd: str, roots: list[str], local: list[st
                "replace": replace, "mkdir": mkdir, "makedirs": makedirs, "rmdir": rmdir,
                "getcwd": getcwd, "getcwdb": getcwdb, "chdir": chdir, "readlink": readlink,
                "chmod": chmod, "utime": utime, "truncate": truncate, "symlink": symlink,
-               "link": link, "open": os_open}
+               "link": link, "open": os_open, "fsync": _fsync}
     for name in ("listxattr", "getxattr", "setxattr", "removexattr"):
         if hasattr(os, name):
             patches[name] = _no_xattr(name)

@@ -2,7 +2,7 @@
 
 mosixd starts ``INTERPRETER [OPTIONS] <dir>/mosrun/runtime.py ARGS`` in a scratch directory,
 ARGS being ``script.py ...``, ``-c CODE ...``, ``-m MODULE ...`` or ``-`` (stdin), with
-MOSIX_RUNTIME_FD (a socket to the daemon, which relays to the user's mosrun), MOSIX_HOME_CWD,
+MOSIX_RUNTIME_FD (a TCP stream straight to the user's mosrun), MOSIX_HOME_CWD,
 MOSIX_PROGRAM, MOSIX_STDOUT_TTY, MOSIX_STDERR_TTY, MOSIX_TASK_ID, MOSIX_HOME_NODE and
 MOSIX_NODE in the environment. ``mosrun.program`` starts the program and ends it as python
 would; ``mosrun.proxyfs`` and ``mosrun.proxyos`` make its files and modules those of home.

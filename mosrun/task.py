@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 _pending = 0                     # set by the control thread: the id of the freeze asked for
+_send_to: tuple[str, bytes] | None = None   # with it: where a move's target waits, and its token
+_restored: tuple[bytearray, list[bytearray]] | None = None  # a move's checkpoint, received early
 _state: "ResumableState | None" = None
 _control: "_Control | None" = None
 _replay: tuple[int, int] | None = None   # saved stdout/stderr fds while a restored run replays
@@ -35,15 +38,15 @@ class ResumableState:
 
 def resumable(**initial: object) -> ResumableState:
     """The task's resumable state: ``initial`` on a first run, the saved state after a move."""
-    global _state
+    global _state, _restored
     if _state is not None:
         return _state
-    restore = os.environ.pop("MOSIX_RESTORE_FD", "")
-    if restore:
+    if _restored is not None:
         from mosrun import checkpoint
 
+        (data, buffers), _restored = _restored, None
         try:
-            _, _state = checkpoint.loads(_read_all(int(restore)))
+            _, _state = checkpoint.loads(data, buffers=buffers, checked=True)
             if not isinstance(_state, ResumableState):
                 raise checkpoint.CheckpointError("the checkpoint does not hold a task state")
         except BaseException:
@@ -59,15 +62,40 @@ def resumable(**initial: object) -> ResumableState:
     return _state
 
 
-def _read_all(fd: int) -> bytearray:
-    """The checkpoint the node handed over as an open file (read with the real os.read)."""
-    data = bytearray()
+def await_checkpoint(timeout: float = 600.0) -> None:
+    """A move's target, before the program runs: get ready, take the checkpoint, run on the word.
+
+    The node started this interpreter while the task still runs on its source. Tell the node
+    we are ready, receive the checkpoint on the listening socket it handed over (the frozen
+    source streams it here directly), and wait for the word to start: only then has the move
+    succeeded. A checkpoint that fails its checks is refused and this copy ends, so the task
+    goes on at its source.
+    """
+    global _restored
+    import socket
+
+    from mosrun import checkpoint, frames, transfer
+
+    begin_replay()  # a restored run's prefix was already shown before the move
+    listener = socket.socket(fileno=int(os.environ.pop("MOSIX_RESTORE_FD")))
+    token = bytes.fromhex(os.environ.pop("MOSIX_RESTORE_TOKEN", ""))
+    ctl = socket.socket(fileno=int(os.environ["MOSIX_CONTROL_FD"]))
     try:
-        while chunk := os.read(fd, 1 << 22):
-            data += chunk
+        checkpoint.warm_up()
+        frames.send_frame(ctl, {"t": "ready"})
+        try:
+            _restored = transfer.receive(listener, token, timeout)
+        except (transfer.TransferError, checkpoint.CheckpointError) as exc:
+            frames.send_frame(ctl, {"t": "restore_failed", "reason": str(exc)})
+            os._exit(1)
+        finally:
+            listener.close()
+        frame = frames.recv_frame(ctl)
+        if frame is None or frame[0].get("t") != "go":
+            os._exit(1)  # the move was called off
+        frames.send_frame(ctl, {"t": "restored"})
     finally:
-        os.close(fd)
-    return data
+        ctl.detach()  # resumable() takes the control channel over
 
 
 def safepoint() -> None:
@@ -111,6 +139,7 @@ def _flush() -> None:
 
 def _freeze() -> None:
     global _pending
+    stopped = time.monotonic()
     freeze, _pending = _pending, 0
     assert _control is not None and _state is not None
     _flush()  # everything printed so far reaches home before the checkpoint does
@@ -119,16 +148,38 @@ def _freeze() -> None:
         channel.settle()  # file writes still in flight reach home before this copy may end
     from mosrun import checkpoint
 
+    send_to = _send_to
     try:
         pieces = checkpoint.dumps(_state, task_id=os.environ.get("MOSIX_TASK_ID", ""),
                                   epoch=int(os.environ.get("MOSIX_EPOCH", "0") or 0) + 1)
     except checkpoint.CheckpointError as exc:
         _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
         return  # the task goes on where it is
-    _control.send({"t": "checkpoint", "id": freeze, "size": sum(len(p) for p in pieces)}, pieces)
+    size = sum(len(p) for p in pieces)
+    if send_to is None:  # a checkpoint kept at home: through the node, on the task's stream
+        _control.send({"t": "checkpoint", "id": freeze, "size": size}, pieces)
+    else:  # a move: straight to the target
+        from mosrun import transfer
+
+        try:
+            transfer.send(*send_to, pieces)
+        except transfer.TransferError as exc:
+            _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
+            return
+        _control.send({"t": "sent", "id": freeze, "size": size, "seconds": time.monotonic() - stopped})
     if _control.verdict(freeze) == "exit":
         _flush()
         os._exit(0)  # this copy is done: the task goes on elsewhere, with its atexit handlers
+
+
+def _prepare() -> None:
+    """Load what a checkpoint needs while the task still runs, not once it is stopped."""
+    try:
+        from mosrun import checkpoint, transfer  # noqa: F401
+
+        checkpoint.warm_up()
+    except Exception:
+        pass  # the freeze itself reports what is wrong
 
 
 class _Control:
@@ -163,7 +214,7 @@ class _Control:
                 return kind
 
     def _listen(self) -> None:
-        global _pending
+        global _pending, _send_to
         while True:
             try:
                 frame = self._frames.recv_frame(self._sock)
@@ -173,6 +224,9 @@ class _Control:
                 return
             kind, about = frame[0]["t"], int(frame[0].get("id", 0))
             if kind == "freeze":
+                _prepare()
+                to = frame[0].get("to")
+                _send_to = (str(to), bytes.fromhex(str(frame[0].get("token", "")))) if to else None
                 _pending = about
             elif kind in ("resume", "exit"):
                 self._verdicts.put((kind, about))

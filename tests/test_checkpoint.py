@@ -68,7 +68,7 @@ def test_plain_values_and_header() -> None:
     header, back = ck.loads(blob(state, task_id="job-9", epoch=4))
     assert vars(back) == vars(state)
     assert (header.version, header.task_id, header.epoch) == (ck.FORMAT_VERSION, "job-9", 4)
-    assert header.pickler == "cloudpickle" and header.checksum.startswith("sha256:")
+    assert header.pickler == "cloudpickle" and header.checksum.startswith("crc32:")
     assert header.python.split(".")[:2] == [str(sys.version_info.major), str(sys.version_info.minor)]
 
 
@@ -133,6 +133,24 @@ def test_large_bytearray_is_out_of_band_and_not_copied() -> None:
         back.big[0] ^= 1  # restored state is writable whatever the data was
 
 
+def test_big_bytearrays_received_apart_are_restored_as_they_are() -> None:
+    """A move's target reads each big buffer into its own bytearray: the state keeps those."""
+    big = bytearray(os.urandom(2 << 20))
+    state = State(big=big, again=big, numbers=list(range(100)))
+    data = bytearray(b"".join(ck.dumps(state, task_id="t", epoch=1)))
+    header = ck.read_header(data)
+    assert header.kept == (0,) and header.buffers == (len(big),)
+    cut = len(data) - len(big)
+    received = [bytearray(data[cut:])]
+    ck.check_sum(header, data[cut - header.payload_size:])
+    back = ck.loads(data[:cut], buffers=received, checked=True)[1]
+    assert back.big is received[0] and back.again is back.big and back.numbers == list(range(100))
+    with pytest.raises(ck.CorruptCheckpoint):
+        ck.loads(data[:cut], buffers=[bytearray(10)], checked=True)
+    with pytest.raises(ValueError):
+        ck.loads(data[:cut], buffers=received)  # apart, the checksum must have been checked
+
+
 def test_numpy_arrays_out_of_band() -> None:
     np = pytest.importorskip("numpy")
     state = State(c=np.arange(1 << 19, dtype=np.float64), f=np.asfortranarray(np.ones((700, 300))),
@@ -187,10 +205,10 @@ def test_plain_pickle_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dill_when_cloudpickle_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("dill")
     real = ck._dump
-    def flaky(name, obj, sink, buffers):
+    def flaky(name, obj, sink, buffers, kept):
         if name == "cloudpickle":
             raise TypeError("cloudpickle cannot")
-        return real(name, obj, sink, buffers)
+        return real(name, obj, sink, buffers, kept)
     monkeypatch.setattr(ck, "_dump", flaky)
     header, back = ck.loads(blob(State(f=lambda v: v + 1)))
     assert header.pickler == "dill" and back.f(1) == 2
@@ -254,7 +272,7 @@ def test_restore_failure_is_one_line_error() -> None:
 def test_read_header_from_bytes_prefix_and_file(tmp_path: Path) -> None:
     data = blob(State(pad=bytearray(2 << 20)), task_id="h", epoch=3)
     header = ck.read_header(data[:400])
-    assert (header.task_id, header.epoch, header.buffers) == ("h", 3, ())
+    assert (header.task_id, header.epoch, header.buffers) == ("h", 3, (2 << 20,))
     path = ck.checkpoint_path(tmp_path, "h", 3)
     path.write_bytes(data)
     assert ck.read_header(path) == ck.loads(data)[0]

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import BIN, LocalRig, wait_for
@@ -52,12 +53,25 @@ def running_task(rig: LocalRig) -> dict:
     return wait_for(lambda: next((t for t in rig.tasks("n1") if t["state"] == "running"), None), 15)
 
 
+def target_copy_holding(task_id: str, node: str, rss: int) -> bool:
+    """Whether the copy of ``task_id`` that ``node`` started holds more than ``rss`` bytes."""
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get("MOSIX_TASK_ID") == task_id and env.get("MOSIX_NODE") == node:
+                return proc.memory_info().rss > rss
+        except psutil.Error:
+            continue
+    return False
+
+
 def migrate(rig: LocalRig, task_id: str, where: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return rig.tool("migrate", "--json", task_id, where, timeout=timeout)
 
 
 def test_a_task_moved_mid_run_prints_what_a_local_run_prints(shared_rig3: LocalRig, tmp_path: Path) -> None:
-    write(tmp_path / "job.py", COUNTER.format(steps=30, pause=0.05))
+    # Long enough to be still running when the move lands, on a busy machine too.
+    write(tmp_path / "job.py", COUNTER.format(steps=100, pause=0.05))
     local = subprocess.run([PY, "job.py"], cwd=tmp_path, capture_output=True, timeout=60)
     proc = start(shared_rig3, tmp_path, "job.py")
     task = running_task(shared_rig3)
@@ -65,14 +79,15 @@ def test_a_task_moved_mid_run_prints_what_a_local_run_prints(shared_rig3: LocalR
     out = migrate(shared_rig3, task["id"], "n3")
     result = json.loads(out.stdout)
     assert out.returncode == 0 and result["ok"], out.stderr
-    assert result["node"] == "n3" and result["freeze_seconds"] > 0
+    assert result["node"] == "n3" and result["state_bytes"] > 0
+    assert 0 < result["transfer_seconds"] <= result["freeze_seconds"]
     assert wait_for(lambda: [t["where"] for t in shared_rig3.tasks("n1")] in (["n3"], []), 10)
     stdout, stderr = proc.communicate(timeout=60)
     assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, local.returncode)
 
 
 def test_ten_moves_in_a_row(shared_rig3: LocalRig, tmp_path: Path) -> None:
-    write(tmp_path / "job.py", COUNTER.format(steps=80, pause=0.05))
+    write(tmp_path / "job.py", COUNTER.format(steps=160, pause=0.05))
     local = subprocess.run([PY, "job.py"], cwd=tmp_path, capture_output=True, timeout=60)
     proc = start(shared_rig3, tmp_path, "job.py")
     task = running_task(shared_rig3)
@@ -92,7 +107,7 @@ def test_unpicklable_state_refuses_the_move_and_the_task_goes_on(shared_rig3: Lo
 
         state = resumable(step=0, conn=None)
         state.conn = socket.socket()
-        while state.step < 30:
+        while state.step < 100:  # long enough to be still running when the move is asked for
             state.step += 1
             time.sleep(0.05)
             safepoint()
@@ -106,7 +121,7 @@ def test_unpicklable_state_refuses_the_move_and_the_task_goes_on(shared_rig3: Lo
     assert "state.conn" in result["message"] and "socket" in result["message"]
     assert result["node"] == "n2"
     stdout, _ = proc.communicate(timeout=60)
-    assert (stdout, proc.returncode) == (b"finished 30\n", 0)
+    assert (stdout, proc.returncode) == (b"finished 100\n", 0)
 
 
 def test_killing_the_target_during_the_transfer_leaves_the_task_on_the_source(tmp_path: Path) -> None:
@@ -135,8 +150,9 @@ def test_killing_the_target_during_the_transfer_leaves_the_task_on_the_source(tm
         task = running_task(rig)
         mover = subprocess.Popen([str(BIN / "migrate"), "--json", task["id"], "n3"], stdout=subprocess.PIPE,
                                  env=rig.env)
-        # Kill the target once the move is under way (the checkpoint is hundreds of MB).
-        time.sleep(0.6)
+        # Kill the target node while the checkpoint (hundreds of MB) streams into the
+        # interpreter it started for the task: once that one holds more than 64 MB.
+        wait_for(lambda: target_copy_holding(task["id"], "n3", 64 << 20), 60, interval=0.005)
         os.kill(rig.node("n3")["pid"], signal.SIGKILL)
         out, _ = mover.communicate(timeout=120)
         result = json.loads(out)

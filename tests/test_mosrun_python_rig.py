@@ -71,6 +71,15 @@ CORPUS = {
         except FileNotFoundError as exc:
             print("error:", exc)
     """,
+    "fsync.py": """
+        import os
+        with open("synced.txt", "w") as f:
+            f.write("on disk at home\\n")
+            f.flush()
+            os.fsync(f)
+        print(open("synced.txt").read(), end="")
+        os.remove("synced.txt")
+    """,
     "imports.py": """
         import helper
         from pkg import sub

@@ -91,7 +91,7 @@ class SetBlockedRequest(_message.Message):
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every")
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,8 @@ class TaskSpec(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_TO_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     home: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -147,29 +149,53 @@ class TaskSpec(_message.Message):
     epoch: int
     locked: bool
     checkpoint_every: float
-    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ...) -> None: ...
+    streams_to: str
+    streams_token: bytes
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ...) -> None: ...
 
 class HomeMessage(_message.Message):
-    __slots__ = ("start", "stdin", "stdin_eof", "signal", "proxy", "reserve", "checkpoint", "freeze", "verdict")
+    __slots__ = ("start", "stdin", "stdin_eof", "signal", "reserve", "freeze", "verdict")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
-    PROXY_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
-    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     start: TaskSpec
     stdin: bytes
     stdin_eof: bool
     signal: int
-    proxy: bytes
     reserve: TaskSpec
-    checkpoint: bytes
-    freeze: int
+    freeze: Freeze
     verdict: Verdict
-    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., proxy: _Optional[bytes] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., freeze: _Optional[int] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+
+class Freeze(_message.Message):
+    __slots__ = ("id", "send_to", "token")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_TO_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    send_to: str
+    token: bytes
+    def __init__(self, id: _Optional[int] = ..., send_to: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class Handover(_message.Message):
+    __slots__ = ("size", "seconds")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    seconds: float
+    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("checkpoint_to", "token")
+    CHECKPOINT_TO_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_to: str
+    token: bytes
+    def __init__(self, checkpoint_to: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("freeze", "exit")
@@ -212,11 +238,8 @@ class TaskUsage(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class HostEvent(_message.Message):
-    __slots__ = ("started", "stdout", "stderr", "proxy", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "freeze_failed", "movable")
+    __slots__ = ("started", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "sent", "freeze_failed", "movable")
     STARTED_FIELD_NUMBER: _ClassVar[int]
-    STDOUT_FIELD_NUMBER: _ClassVar[int]
-    STDERR_FIELD_NUMBER: _ClassVar[int]
-    PROXY_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -224,22 +247,21 @@ class HostEvent(_message.Message):
     RESERVED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     FROZEN_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FAILED_FIELD_NUMBER: _ClassVar[int]
     MOVABLE_FIELD_NUMBER: _ClassVar[int]
     started: TaskStarted
-    stdout: bytes
-    stderr: bytes
-    proxy: bytes
     exited: TaskExit
     refused: Refusal
     usage: TaskUsage
     stdin_ack: int
-    reserved: bool
+    reserved: Reservation
     checkpoint: bytes
     frozen: int
+    sent: Handover
     freeze_failed: str
     movable: bool
-    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., proxy: _Optional[bytes] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[bool] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ...) -> None: ...
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")
@@ -288,13 +310,17 @@ class MigrateRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., target: _Optional[str] = ..., uid: _Optional[int] = ...) -> None: ...
 
 class MigrateReply(_message.Message):
-    __slots__ = ("ok", "message", "node", "freeze_seconds")
+    __slots__ = ("ok", "message", "node", "freeze_seconds", "state_bytes", "transfer_seconds")
     OK_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     FREEZE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     message: str
     node: str
     freeze_seconds: float
-    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., freeze_seconds: _Optional[float] = ...) -> None: ...
+    state_bytes: int
+    transfer_seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., freeze_seconds: _Optional[float] = ..., state_bytes: _Optional[int] = ..., transfer_seconds: _Optional[float] = ...) -> None: ...

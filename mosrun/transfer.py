@@ -1,0 +1,196 @@
+"""The direct checkpoint stream of a move, from the frozen task straight to its target.
+
+A move's target starts the task's interpreter as soon as it holds room for it, while the
+task still runs on its source: Python, the runtime and the pickler load off the critical
+path (a warm start). The target node listens on a fresh port and hands the listening socket
+to that interpreter. The frozen task then streams its checkpoint to it directly, with no
+daemon relaying the bytes. On the wire::
+
+    token (TOKEN_SIZE bytes) | the checkpoint (``mosrun.checkpoint`` format)
+
+The receiver checks the checksum as the bytes arrive and answers one byte: ACK, or NAK
+followed by a one-line reason. A checkpoint stored at home (a failover) goes the same way.
+Runs inside task processes and the daemon: standard library only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import queue
+import socket
+import threading
+import time
+import zlib
+from typing import Iterable
+
+from mosrun import checkpoint
+
+TOKEN_SIZE = 32
+ACK, NAK = b"+", b"-"
+SLICE = 8 << 20          # checksummed as each slice arrives
+MAX_HEADER = 1 << 20     # a checkpoint header is a few hundred bytes; more is garbage
+MAX_STRAYS = 8           # connections without the token before the receiver gives up
+IDLE_TIMEOUT = 30.0      # a stream that stalls this long is abandoned
+
+
+class TransferError(Exception):
+    """The checkpoint did not get across; the message is one line for the user."""
+
+
+def _connect(address: str, timeout: float) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except (OSError, ValueError) as exc:
+        raise TransferError(f"cannot reach the target at {address} ({exc})") from None
+    sock.settimeout(IDLE_TIMEOUT)
+    return sock
+
+
+def _answer(sock: socket.socket, address: str) -> None:
+    reply = bytearray()
+    while len(reply) < 1024 and (chunk := sock.recv(1024)):
+        reply += chunk
+    if reply[:1] == ACK:
+        return
+    reason = reply[1:].decode(errors="replace").strip() if reply[:1] == NAK else ""
+    raise TransferError(f"the target at {address} refused the checkpoint: {reason or 'it closed the stream'}")
+
+
+def send(address: str, token: bytes, pieces: Iterable[bytes | memoryview], timeout: float = 10.0) -> None:
+    """Stream checkpoint ``pieces`` to the target waiting at ``address`` ("host:port");
+    returns once it has checked them. Raises TransferError."""
+    sock = _connect(address, timeout)
+    try:
+        with sock:
+            sock.sendall(token)
+            for piece in pieces:
+                sock.sendall(piece)
+            _answer(sock, address)
+    except OSError as exc:
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
+
+
+def send_file(address: str, token: bytes, path: str | os.PathLike, timeout: float = 10.0) -> None:
+    """Stream a stored checkpoint file to the target at ``address`` (the kernel copies it)."""
+    sock = _connect(address, timeout)
+    try:
+        with sock, open(path, "rb") as f:
+            sock.sendall(token)
+            sock.sendfile(f)
+            _answer(sock, address)
+    except OSError as exc:
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytearray:
+    data = bytearray(n)
+    view, got = memoryview(data), 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if not k:
+            raise TransferError(f"the checkpoint stream ended early ({got} of {n} bytes)")
+        got += k
+    return data
+
+
+class _RunningCrc:
+    """CRC-32 of slices as they arrive, on a thread: zlib lets go of the GIL for big slices,
+    so the sum is computed while the next slice is still coming in."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._slices: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mosix-crc", daemon=True)
+        self._thread.start()
+
+    def add(self, piece: memoryview) -> None:
+        self._slices.put(piece)
+
+    def result(self) -> int:
+        self._slices.put(None)
+        self._thread.join()
+        return self.value
+
+    def _run(self) -> None:
+        while (piece := self._slices.get()) is not None:
+            self.value = zlib.crc32(piece, self.value)
+
+
+def _read_into(conn: socket.socket, data: bytearray, crc: _RunningCrc, offset: int = 0) -> None:
+    view, pos = memoryview(data), offset
+    while pos < len(data):
+        start, end = pos, min(len(data), pos + SLICE)
+        while pos < end:
+            k = conn.recv_into(view[pos:end])
+            if not k:
+                raise TransferError(f"the checkpoint stream ended early ({pos} of {len(data)} bytes)")
+            pos += k
+        crc.add(view[start:end])
+
+
+def _read_checkpoint(conn: socket.socket) -> tuple[bytearray, list[bytearray]]:
+    """One whole checkpoint from ``conn``, its checksum verified as it came: the header
+    with the pickle, and each out-of-band buffer in its own bytearray (the restored state
+    keeps those as they are)."""
+    prefix = _recv_exact(conn, checkpoint.PREFIX_SIZE)
+    size = checkpoint.header_size(prefix)
+    if size > MAX_HEADER:
+        raise checkpoint.CorruptCheckpoint(f"checkpoint header of {size} bytes is implausible")
+    head = prefix + _recv_exact(conn, size - len(prefix))
+    header = checkpoint.read_header(head)
+    data = bytearray(size + header.payload_size)
+    data[:size] = head
+    crc = _RunningCrc()
+    try:
+        _read_into(conn, data, crc, size)
+        buffers = [bytearray(n) for n in header.buffers]
+        for buffer in buffers:
+            _read_into(conn, buffer, crc)
+    finally:
+        value = crc.result()
+    checkpoint.check_sum(header, b"", value)  # the CRC of everything after the header
+    return data, buffers
+
+
+def receive(listener: socket.socket, token: bytes, timeout: float) -> tuple[bytearray, list[bytearray]]:
+    """Accept connections on ``listener`` until one presents ``token``, and return the
+    checkpoint it carries, checked: ``(header and pickle, out-of-band buffers)``, for
+    ``checkpoint.loads(data, buffers=buffers, checked=True)``.
+
+    Connections without the token are dropped. Raises TransferError when nothing valid
+    arrives within ``timeout`` seconds, CheckpointError when the checkpoint is damaged.
+    """
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_STRAYS):
+        listener.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            raise TransferError(f"no checkpoint arrived within {timeout:.0f} s") from None
+        with conn:
+            conn.settimeout(IDLE_TIMEOUT)
+            try:
+                presented = _recv_exact(conn, TOKEN_SIZE)
+            except (OSError, TransferError):
+                continue
+            if not hmac.compare_digest(bytes(presented), token):
+                continue  # a stray or hostile connection: not the task's source
+            try:
+                data = _read_checkpoint(conn)
+            except checkpoint.CheckpointError as exc:
+                _say(conn, NAK + str(exc).encode()[:1000])
+                raise
+            except OSError as exc:
+                raise TransferError(f"the checkpoint stream broke ({exc})") from None
+            _say(conn, ACK)
+            return data
+    raise TransferError(f"{MAX_STRAYS} connections came without the move's token")
+
+
+def _say(conn: socket.socket, reply: bytes) -> None:
+    try:
+        conn.sendall(reply)
+    except OSError:
+        pass  # the sender is gone; its move fails on its side

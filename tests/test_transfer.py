@@ -1,0 +1,118 @@
+"""The direct checkpoint stream of a move (mosrun.transfer), over real loopback sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from mosrun import checkpoint as ck
+from mosrun import transfer
+from mosrun.task import ResumableState
+
+TOKEN = os.urandom(transfer.TOKEN_SIZE)
+
+
+class Receiver:
+    """A target waiting for a checkpoint on a loopback port, on a thread."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.result: tuple[bytearray, list[bytearray]] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(timeout,), daemon=True)
+        self.thread.start()
+
+    def _run(self, timeout: float) -> None:
+        try:
+            self.result = transfer.receive(self.listener, TOKEN, timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+        finally:
+            self.listener.close()
+
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def state_with_buffer() -> ResumableState:
+    return ResumableState(step=41, blob=bytearray(os.urandom(3 << 20)), words=["a", "b"])
+
+
+def test_a_checkpoint_crosses_and_restores_its_big_buffer_in_place() -> None:
+    state = state_with_buffer()
+    receiver = Receiver()
+    transfer.send(receiver.address, TOKEN, ck.dumps(state, task_id="t1", epoch=2))
+    receiver.join()
+    assert receiver.error is None and receiver.result is not None
+    data, buffers = receiver.result
+    header, back = ck.loads(data, buffers=buffers, checked=True)
+    assert (header.task_id, header.epoch) == ("t1", 2)
+    assert back.step == 41 and back.words == ["a", "b"] and back.blob == state.blob
+    assert back.blob is buffers[0]  # received straight into the state's bytearray
+
+
+def test_a_connection_without_the_token_is_ignored() -> None:
+    receiver = Receiver()
+    host, port = receiver.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as stranger:
+        stranger.sendall(os.urandom(transfer.TOKEN_SIZE) + b"garbage")
+        try:
+            answer = stranger.recv(10)
+        except ConnectionResetError:  # closed with our garbage unread
+            answer = b""
+        assert answer == b""  # dropped without an answer
+    transfer.send(receiver.address, TOKEN, ck.dumps(ResumableState(step=1), task_id="t", epoch=1))
+    receiver.join()
+    assert receiver.error is None and receiver.result is not None
+
+
+def test_a_damaged_checkpoint_is_refused_and_the_sender_told_why() -> None:
+    pieces = [bytes(p) for p in ck.dumps(state_with_buffer(), task_id="t", epoch=1)]
+    damaged = bytearray(pieces[-1])
+    damaged[len(damaged) // 2] ^= 0xFF
+    pieces[-1] = bytes(damaged)
+    receiver = Receiver()
+    with pytest.raises(transfer.TransferError, match="refused the checkpoint: .*checksum mismatch"):
+        transfer.send(receiver.address, TOKEN, pieces)
+    receiver.join()
+    assert isinstance(receiver.error, ck.CorruptCheckpoint)
+
+
+def test_a_stream_cut_short_is_an_error_not_a_half_loaded_state() -> None:
+    data = b"".join(ck.dumps(state_with_buffer(), task_id="t", epoch=1))
+    receiver = Receiver()
+    host, port = receiver.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as source:
+        source.sendall(TOKEN + data[: len(data) // 2])
+    receiver.join()
+    assert isinstance(receiver.error, transfer.TransferError)
+    assert "ended early" in str(receiver.error)
+
+
+def test_nothing_arriving_times_out() -> None:
+    receiver = Receiver(timeout=0.3)
+    receiver.join()
+    assert isinstance(receiver.error, transfer.TransferError) and "no checkpoint arrived" in str(receiver.error)
+
+
+def test_an_unreachable_target_is_one_clear_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: nobody listens there now
+    with pytest.raises(transfer.TransferError, match=f"cannot reach the target at 127.0.0.1:{port}"):
+        transfer.send(f"127.0.0.1:{port}", TOKEN, [b"x"], timeout=2)
+
+
+def test_a_stored_checkpoint_file_is_sent_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "t.00000003.ckpt"
+    ck.dump_to_file(state_with_buffer(), path, task_id="t", epoch=3)
+    receiver = Receiver()
+    transfer.send_file(receiver.address, TOKEN, path)
+    receiver.join()
+    assert receiver.result is not None
+    assert ck.loads(receiver.result[0], buffers=receiver.result[1], checked=True)[1].step == 41
