@@ -51,6 +51,7 @@ Run from the repository root:
     python -m bench.sim                    # 3000 scenarios, two worker processes
     python -m bench.sim --quick            # 100 scenarios
     python -m bench.sim --scenarios 500 --load 0.5 1.0 --workers 1
+    python -m bench.sim --quick --set residency_factor=2   # a policy parameter changed
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ class Sim:
             memory = job.spec.mem_mb * MIB
             return min(self.machines, key=lambda m: node_cost(
                 a, cpu_demand=float(len(m.jobs) + m.incoming),
-                capacity=m.spec.cpus * m.spec.speed, job_cpu=1.0,
+                capacity=m.spec.cpus * m.spec.speed, job_cpu=1.0, cpus=m.spec.cpus,
                 mem_used=float((m.mem_used + m.incoming_mem) * MIB),
                 mem_total=float(m.spec.mem_mb * MIB), job_mem=float(memory))).index
         return self.by_id[choice.node_id].index
@@ -431,7 +432,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="range of the offered utilisation while jobs arrive")
     parser.add_argument("--window", type=float, default=ARRIVAL_WINDOW,
                         help="seconds during which jobs arrive")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a Rebalancer parameter other than its default (repeatable)")
     args = parser.parse_args(argv)
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        REBALANCER_OPTIONS[name] = float(value)
     # Module constants, so that worker processes (fork) see them too.
     LOAD_MIN, LOAD_MAX = args.load
     ARRIVAL_WINDOW = args.window

@@ -10,6 +10,10 @@ to the machine where it raises the summed cost least:
 where d(r) is what the job uses of r. A busy resource is dearer than the same share of an
 idle one, CPU and memory trade on one scale, and a bigger or faster machine is cheaper.
 
+Each CPU of a machine is a resource of its own (``cpu_cost``): a job runs on one CPU at a
+time, so a 4-CPU machine is four CPUs of its speed, not one CPU four times as fast. On a
+one-CPU machine this is the paper's cost unchanged.
+
 Nothing here reads a clock or the network: callers pass ``now`` and the gossip view, so a
 simulator drives the same functions as the daemon. Moving tasks that already run is
 decided in ``mosixd.rebalance`` with the same cost functions.
@@ -95,14 +99,56 @@ def marginal_cost(a: float, utilisation: float, added: float) -> float:
     return math.exp(min(utilisation * ln_a + math.log(math.expm1(added * ln_a)), _MAX_EXPONENT))
 
 
-def node_cost(a: float, *, cpu_demand: float, capacity: float, job_cpu: float,
+def _below_saturation(a: float, demand: float, speed: float) -> float:
+    """``cpu_cost`` minus its idle value, for ``demand`` of at most the machine's CPUs."""
+    whole = math.floor(demand)
+    ln_a = math.log(a)
+    # ``whole`` CPUs run one job each, one CPU the fraction left, the others are idle.
+    return (whole * math.expm1(min(ln_a / speed, _MAX_EXPONENT))
+            + math.expm1(min((demand - whole) * ln_a / speed, _MAX_EXPONENT)))
+
+
+def cpu_cost(a: float, demand: float, cpus: int, speed: float) -> float:
+    """Opportunity cost of the CPUs of one machine with ``demand`` standard CPUs of demand.
+
+    The sum over its CPUs of ``a ** u``, each CPU's utilisation ``u`` measured against a
+    standard CPU (one job on a CPU of speed 2 is 0.5). Below saturation jobs get a CPU each
+    (the last one a fraction); past it the CPUs share all the demand equally, as the
+    scheduler does.
+    """
+    cpus = max(1, cpus)
+    if demand <= cpus:
+        return cpus + _below_saturation(a, max(0.0, demand), speed)
+    return cpus * opportunity_cost(a, demand / (cpus * speed))
+
+
+def cpu_marginal_cost(a: float, demand: float, added: float, cpus: int, speed: float) -> float:
+    """``cpu_cost(demand + added) - cpu_cost(demand)``, without cancellation or overflow."""
+    if added <= 0.0:
+        return 0.0
+    cpus = max(1, cpus)
+    demand = max(0.0, demand)
+    cost = 0.0
+    if demand < cpus:  # the part of the job that still finds a free CPU
+        top = min(demand + added, float(cpus))
+        cost += _below_saturation(a, top, speed) - _below_saturation(a, demand, speed)
+    if demand + added > cpus:  # the part that shares saturated CPUs
+        start = max(demand, float(cpus))
+        capacity = cpus * speed
+        cost += cpus * marginal_cost(a, start / capacity, (demand + added - start) / capacity)
+    return cost
+
+
+def node_cost(a: float, *, cpu_demand: float, capacity: float, job_cpu: float, cpus: int = 1,
               mem_used: float = 0.0, mem_total: float = 0.0, job_mem: float = 0.0) -> float:
     """Marginal opportunity cost of a job on one machine: CPU term plus memory term.
 
-    ``cpu_demand`` and ``job_cpu`` are in standard CPUs, ``capacity`` is ``cpus * speed``;
-    memory is in any one unit, and ``mem_total`` 0 (not reported) adds no memory cost.
+    ``cpu_demand`` and ``job_cpu`` are in standard CPUs, ``capacity`` is ``cpus * speed``
+    and the CPU term is ``cpu_marginal_cost`` over its ``cpus`` CPUs; memory is in any one
+    unit, and ``mem_total`` 0 (not reported) adds no memory cost.
     """
-    cost = marginal_cost(a, cpu_demand / capacity, job_cpu / capacity)
+    cpus = max(1, cpus)
+    cost = cpu_marginal_cost(a, cpu_demand, job_cpu, cpus, capacity / cpus)
     if mem_total > 0:
         cost += marginal_cost(a, mem_used / mem_total, job_mem / mem_total)
     return cost
@@ -199,7 +245,7 @@ class Placement:
                 continue
             demand = cpu_demand(lv) + cpu_held
             cost = node_cost(a, cpu_demand=demand, capacity=lv.capacity, job_cpu=job.cpu,
-                             mem_used=lv.mem_total - lv.mem_free + mem_held,
+                             cpus=lv.cpus, mem_used=lv.mem_total - lv.mem_free + mem_held,
                              mem_total=lv.mem_total, job_mem=job.memory_bytes)
             # Equal costs (e.g. all saturated) go to the lower CPU utilisation afterwards,
             # then keep the caller's order, so decisions are reproducible.

@@ -9,8 +9,10 @@ A task ``t`` on this node ``h`` moves to another node ``m`` when all of these ho
 
 1. ``t`` can move: it has safe points, it is not locked to the node (``mosrun -L``), it is
    not already moving, and it has been on ``h`` at least ``min_residency`` seconds and at
-   least ``residency_factor`` times what moving it costs (a task that just arrived cannot
-   be sent on at once, and a big one cannot spend most of its life in transit).
+   least ``residency_factor`` (4) times what moving it costs (a task that just arrived
+   cannot be sent on at once, and a big one spends at most a fifth of its time in transit;
+   a factor of 2 let big tasks hop on after every shift of load and lost more in transit
+   than they gained, in ``bench.sim``).
 2. ``m`` could take it as a new job: up, same major.minor Python, room for its memory
    after the moves this node has already sent there (``Placement.rank``). Among those,
    the target is the one where its marginal opportunity cost is lowest, as for placement.
@@ -19,7 +21,7 @@ A task ``t`` on this node ``h`` moves to another node ``m`` when all of these ho
 
    a. opportunity cost (Amir et al., IEEE TPDS 2000): its marginal cost on ``m`` is below
       ``reassign_ratio`` (one half) of its marginal cost on ``h``, with the same
-      ``node_cost`` the placement uses;
+      ``node_cost`` the placement uses (each CPU priced on its own);
    b. MOSIX: ``load(m) + stability * load of t on m < load(h)``, loads normalised by
       capacity, ``stability`` 1.3.
 
@@ -108,7 +110,7 @@ def task_rate(lv: LoadVector, demand: float, mem_used: float, thrash_slowdown: f
 class Rebalancer:
     """Migration decisions of one node; see the module docstring for the rules."""
 
-    def __init__(self, *, min_residency: float = 3.0, residency_factor: float = 2.0,
+    def __init__(self, *, min_residency: float = 3.0, residency_factor: float = 4.0,
                  stability: float = 1.3,
                  reassign_ratio: float = 0.5, bandwidth_bytes_per_s: float = 200e6,
                  freeze_overhead: float = 0.5, gain_margin: float = 1.0,
@@ -243,7 +245,8 @@ class Rebalancer:
                     cost = cpu_costs.get((node_id, task.cpu))
                     if cost is None:
                         cost = cpu_costs[node_id, task.cpu] = node_cost(
-                            a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=task.cpu)
+                            a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=task.cpu,
+                            cpus=tv.cpus)
                     if cost >= self.reassign_ratio * cost_here:
                         continue
                 best_rate = rate
@@ -277,7 +280,7 @@ class Rebalancer:
         lv = here.load
         memory = JobRequest(memory_mb=task.memory_mb).memory_bytes
         return node_cost(a, cpu_demand=max(0.0, here.demand - task.cpu), capacity=lv.capacity,
-                         job_cpu=task.cpu, mem_used=max(0.0, here.mem_used - memory),
+                         job_cpu=task.cpu, cpus=lv.cpus, mem_used=max(0.0, here.mem_used - memory),
                          mem_total=lv.mem_total, job_mem=memory)
 
     def _best_move(self, task: RunningTask, here: _Here, cost_here: float, rate_here: float,
@@ -317,8 +320,9 @@ class Rebalancer:
         """Would a node like ``lv`` (``demand``) send a standard task to ``tv``?"""
         if (t_demand + self.stability) / tv.capacity < demand / lv.capacity:
             return True
-        there = node_cost(a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=1.0)
-        here = node_cost(a, cpu_demand=max(0.0, demand - 1.0), capacity=lv.capacity, job_cpu=1.0)
+        there = node_cost(a, cpu_demand=t_demand, capacity=tv.capacity, job_cpu=1.0, cpus=tv.cpus)
+        here = node_cost(a, cpu_demand=max(0.0, demand - 1.0), capacity=lv.capacity, job_cpu=1.0,
+                         cpus=lv.cpus)
         return there < self.reassign_ratio * here
 
     def _herd_allows(self, own_id: str, target: str, target_cpu: tuple[LoadVector, float],

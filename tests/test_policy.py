@@ -10,7 +10,8 @@ import pytest
 from mosixd.gossip import NodeState, NodeView
 from mosixd.loadvector import LoadVector
 from mosixd.policy import (MIB, Choice, JobRequest, NoRoom, Placement, admit, cost_base,
-                           marginal_cost, node_cost, opportunity_cost)
+                           cpu_cost, cpu_marginal_cost, marginal_cost, node_cost,
+                           opportunity_cost)
 
 GIB_MB = 8192
 
@@ -63,6 +64,43 @@ def test_node_cost_sums_cpu_and_memory_and_favours_capacity():
     assert with_mem == pytest.approx(cpu_only + 4.0 ** 0.6 - 4.0 ** 0.5)
     big = node_cost(4.0, cpu_demand=1.0, capacity=2.0, job_cpu=1.0)
     assert big < cpu_only
+
+
+def test_one_cpu_machines_keep_the_papers_cost():
+    a = 6.0
+    for demand in (0.0, 0.4, 1.0, 2.5):
+        assert cpu_cost(a, demand, 1, 2.0) == pytest.approx(a ** (demand / 2.0))
+        assert cpu_marginal_cost(a, demand, 1.0, 1, 2.0) == pytest.approx(
+            marginal_cost(a, demand / 2.0, 0.5))
+
+
+def test_each_cpu_is_a_resource_of_its_own():
+    a = 6.0
+    # A 4-CPU machine is four CPUs: a job finding one free costs what it costs on an idle
+    # one-CPU machine of the same speed, not a quarter of it.
+    assert cpu_marginal_cost(a, 0.0, 1.0, 4, 1.0) == pytest.approx(a - 1.0)
+    assert cpu_marginal_cost(a, 3.0, 1.0, 4, 1.0) == pytest.approx(a - 1.0)
+    # Past saturation all CPUs share the demand: four CPUs at utilisation 5/4.
+    assert cpu_cost(a, 5.0, 4, 1.0) == pytest.approx(4 * a ** 1.25)
+    # The cost is continuous and grows with the demand, across saturation too.
+    demands = [i / 8 for i in range(0, 60)]
+    costs = [cpu_cost(a, d, 4, 0.8) for d in demands]
+    assert all(b > c for b, c in zip(costs[1:], costs))
+    assert cpu_cost(a, 4.0 - 1e-9, 4, 0.8) == pytest.approx(cpu_cost(a, 4.0, 4, 0.8))
+    for d in (0.0, 2.5, 3.5, 4.0, 7.0):
+        assert cpu_marginal_cost(a, d, 1.0, 4, 0.8) == pytest.approx(
+            cpu_cost(a, d + 1.0, 4, 0.8) - cpu_cost(a, d, 4, 0.8))
+
+
+def test_a_fast_cpu_beats_many_slow_ones_for_one_job():
+    # Greedy's lesson: one job runs on one CPU, so an idle 1-CPU machine of speed 2 is
+    # cheaper for it than an idle 4-CPU machine of speed 1, where it would run half as fast.
+    nodes = [node("quad", cpus=4), node("fast", speed=2.0)]
+    assert ids(Placement().rank(nodes, JobRequest(), now=0.0)) == ["fast", "quad"]
+    # Once the fast CPU is full (two jobs at speed 1 each), a free CPU of the 4-CPU machine
+    # comes first.
+    nodes = [node("quad", cpus=4, tasks=2, load=0.5), node("fast", speed=2.0, tasks=2, load=1.0)]
+    assert ids(Placement().rank(nodes, JobRequest(), now=0.0)) == ["quad", "fast"]
 
 
 # --- ranking ----------------------------------------------------------------------------------

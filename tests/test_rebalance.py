@@ -150,6 +150,17 @@ def test_a_task_near_its_end_with_a_huge_state_stays():
     assert d is not None and d.task_id == "old"
 
 
+def test_a_big_task_stays_four_times_its_move_cost_before_it_may_leave():
+    views = [view("n1", 4), view("n2", 0)]
+    # 1 GB at 200 MB/s plus the freeze: 5.5 s a move, so at least 22 s on a node.
+    big = task("big", state_bytes=1_000_000_000, since=100.0)
+    r = Rebalancer()
+    assert r.residency(big) == pytest.approx(22.0)
+    assert r.decide("n1", views, [big], now=121.0) is None
+    d = r.decide("n1", views, [big], now=122.5)
+    assert d is not None and d.task_id == "big"
+
+
 # --- targets ------------------------------------------------------------------------------------
 
 
