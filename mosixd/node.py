@@ -278,6 +278,7 @@ class NodeDaemon:
         log.info("balancing: moving %s to %s (%s)", decision.task_id, decision.target, decision.reason)
         reply = await self.migrate(pb.MigrateRequest(task_id=decision.task_id, target=decision.target, uid=0))
         if reply.ok:
+            self.rebalancer.observe_transfer(reply.state_bytes, reply.transfer_seconds)
             self.rebalancer.moved(decision, self._clock())
         else:
             log.info("balancing: %s", reply.message)

@@ -57,6 +57,8 @@ from mosixd.gossip import NodeState, NodeView
 from mosixd.loadvector import LoadVector
 from mosixd.policy import JobRequest, NoRoom, Placement, cpu_demand, node_cost
 
+OBSERVED_MIN_BYTES = 1 << 20  # smaller transfers measure latency, not bandwidth
+
 
 @dataclass(frozen=True, slots=True)
 class RunningTask:
@@ -112,8 +114,8 @@ class Rebalancer:
 
     def __init__(self, *, min_residency: float = 3.0, residency_factor: float = 4.0,
                  stability: float = 1.3,
-                 reassign_ratio: float = 0.5, bandwidth_bytes_per_s: float = 200e6,
-                 freeze_overhead: float = 0.5, gain_margin: float = 1.0,
+                 reassign_ratio: float = 0.5, bandwidth_bytes_per_s: float = 125e6,
+                 freeze_overhead: float = 0.05, gain_margin: float = 1.0,
                  thrash_slowdown: float = 10.0, cooldown: float = 10.0,
                  confirm_lag: float = 2.0, reservation_ttl: float = 30.0,
                  base: float | None = None, rng: random.Random | None = None) -> None:
@@ -122,7 +124,9 @@ class Rebalancer:
         ``stability``: MOSIX's margin (the task's load counts this much on the target).
         ``reassign_ratio``: a task moves when its cost there is below this share of its cost
         here. ``bandwidth_bytes_per_s`` and ``freeze_overhead`` (seconds): the migration cost
-        model. ``gain_margin``: how many times the migration cost the expected gain must be.
+        model; the bandwidth is a first guess (a 1 Gb/s link) that ``observe_transfer``
+        replaces with what moves measure, and the freeze is what ``bench.migration`` measures
+        for a small state (the target's interpreter is started before the task stops). ``gain_margin``: how many times the migration cost the expected gain must be.
         ``thrash_slowdown``: how much slower a task runs where memory is over-committed.
         ``cooldown``: seconds a target that failed a move is not tried again.
         ``confirm_lag``/``reservation_ttl``: as for ``Placement``. ``base``: a fixed cost
@@ -151,6 +155,18 @@ class Rebalancer:
         self._task_cool: dict[str, float] = {}  # task id -> until when it stays put
 
     # ---- the decision ---------------------------------------------------------------------
+
+    def observe_transfer(self, size: int, seconds: float) -> None:
+        """A move streamed ``size`` bytes of checkpoint in ``seconds``: learn the bandwidth.
+
+        Transfers under 1 MiB say more about latency than bandwidth and are ignored; the
+        estimate moves a third of the way to each new measurement, so one slow move on a
+        busy link does not swing it.
+        """
+        if size < OBSERVED_MIN_BYTES or seconds <= 0:
+            return
+        rate = size / seconds
+        self.bandwidth += (rate - self.bandwidth) / 3.0
 
     def migration_cost(self, task: RunningTask) -> float:
         """Seconds a move of ``task`` costs: its state over the link, plus the freeze."""

@@ -154,7 +154,7 @@ def test_a_big_task_stays_four_times_its_move_cost_before_it_may_leave():
     views = [view("n1", 4), view("n2", 0)]
     # 1 GB at 200 MB/s plus the freeze: 5.5 s a move, so at least 22 s on a node.
     big = task("big", state_bytes=1_000_000_000, since=100.0)
-    r = Rebalancer()
+    r = Rebalancer(bandwidth_bytes_per_s=200e6, freeze_overhead=0.5)
     assert r.residency(big) == pytest.approx(22.0)
     assert r.decide("n1", views, [big], now=121.0) is None
     d = r.decide("n1", views, [big], now=122.5)
@@ -265,3 +265,16 @@ def test_parameters_are_checked():
         Rebalancer(reassign_ratio=1.0)
     with pytest.raises(ValueError):
         Rebalancer(bandwidth_bytes_per_s=0)
+
+
+def test_the_bandwidth_is_learned_from_moves_and_prices_big_states():
+    r = Rebalancer(bandwidth_bytes_per_s=125e6, freeze_overhead=0.05)
+    big = task("big", state_bytes=2_000_000_000)
+    before = r.migration_cost(big)
+    r.observe_transfer(1000, 0.001)  # a tiny state measures latency: ignored
+    assert r.bandwidth == 125e6
+    for _ in range(20):  # moves over a link at 25 MB/s
+        r.observe_transfer(250_000_000, 10.0)
+    assert r.bandwidth == pytest.approx(25e6, rel=0.02)
+    assert r.migration_cost(big) > 4 * before  # so big tasks stay put longer on a slow link
+    assert r.residency(big) == pytest.approx(4 * r.migration_cost(big))
