@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +20,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from bench.localcluster import LocalCluster
 
 BIN = Path(sys.executable).parent
 
@@ -52,24 +51,14 @@ def calibrate(work: float, directory: Path) -> tuple[int, float]:
     return loops, time.perf_counter() - t
 
 
-class Cluster:
+class Cluster(LocalCluster):
+    """The 2-node, 1-CPU-each cluster of these scenarios."""
+
     def __init__(self, directory: Path, *flags: str) -> None:
-        self.env = dict(os.environ, MOSIX_RUNTIME_DIR=str(directory / "runtime"))
-        self.proc = subprocess.Popen([str(BIN / "mosixd"), "--local", "2", "--port", "0", "--cpus", "1", *flags],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
-        for _ in range(100):
-            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=self.env)
-            if out.returncode == 0 and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 2:
-                return
-            time.sleep(0.3)
-        raise RuntimeError("cluster did not come up")
+        super().__init__(2, directory / "runtime", "--cpus", "1", *flags)
 
     def mosrun(self, *args: str, cwd: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(BIN / "mosrun"), *args], cwd=cwd, env=self.env, stdout=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
 
 
 def makespan(procs: list[subprocess.Popen[bytes]], start: float) -> float:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-BIN = Path(sys.executable).parent
+from bench.localcluster import LocalCluster
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -38,21 +36,12 @@ def main() -> None:
     args = parser.parse_args()
 
     runtime = Path(tempfile.mkdtemp(prefix="mosix-bench-"))
-    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(runtime))
-    cluster = subprocess.Popen([str(BIN / "mosixd"), "--local", str(args.nodes), "--port", str(args.port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        cluster = LocalCluster(args.nodes, runtime, port=args.port, timeout=90)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
     baseline = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=env)
-            if out.returncode == 0:
-                nodes = json.loads(out.stdout)["nodes"]
-                if sum(n["state"] == "up" for n in nodes) == args.nodes:
-                    break
-            time.sleep(0.5)
-        else:
-            sys.exit("cluster did not converge within 90 s")
         time.sleep(3.0)  # let start-up work settle
         pids = [n["pid"] for n in json.loads((runtime / "local.json").read_text())["nodes"]]
         procs = [psutil.Process(pid) for pid in pids] + [psutil.Process(baseline.pid)]
@@ -62,8 +51,7 @@ def main() -> None:
         elapsed = time.monotonic() - start
         after = [cpu_seconds(p) for p in procs]
     finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=30)
+        cluster.stop()
         baseline.kill()
     shares = [100 * (a - b) / elapsed for a, b in zip(after, before)]
     daemons, base = shares[:-1], shares[-1]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -24,6 +22,8 @@ import textwrap
 import time
 import timeit
 from pathlib import Path
+
+from bench.localcluster import LocalCluster
 
 BIN = Path(sys.executable).parent
 
@@ -125,24 +125,14 @@ def main() -> None:
     call = min(timeit.repeat(empty, number=n, repeat=5)) / n
 
     work = Path(tempfile.mkdtemp(prefix="mosix-bench-"))
-    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(work / "runtime"))
-    cluster = subprocess.Popen([str(BIN / "mosixd"), "--local", "3", "--port", "0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)
     rows = []
-    try:
-        for _ in range(100):
-            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=env)
-            if out.returncode == 0 and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 3:
-                break
-            time.sleep(0.3)
+    with LocalCluster(3, work / "runtime") as cluster:
+        env = cluster.env
         start = python_start()
         tcp = tcp_rate()
         for label, size in (("1 KB", 1 << 10), ("1 MB", 1 << 20), ("64 MB", 64 << 20), ("256 MB", 256 << 20)):
             freeze = statistics.median(one_move(env, work, size) for _ in range(args.repeat))
             rows.append((label, size, freeze))
-    finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=30)
     print(f"safepoint() with nothing pending: {idle * 1e9:.1f} ns (an empty function call: {call * 1e9:.1f} ns; "
           f"goal < 200 ns)")
     print(f"baselines: python -c pass {start * 1e3:.1f} ms; raw TCP loopback {tcp / 1e9:.2f} GB/s")

@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.localcluster import LocalCluster
 
 BIN = Path(sys.executable).parent
 
@@ -44,14 +45,16 @@ for _ in range({mb}):
 out.flush()
 """
 
-FILES = """
-import json, os, time
+FILE_JOB = """
+import json, os, sys, time
 chunk = os.urandom(1 << 20)
 start = time.perf_counter()
 with open("bench.dat", "wb") as f:
     for _ in range({mb}):
         f.write(chunk)
+    {sync}
 write = time.perf_counter() - start
+{pause}
 start = time.perf_counter()
 total = 0
 with open("bench.dat", "rb") as f:
@@ -63,28 +66,15 @@ assert total == {mb} << 20
 print(json.dumps({{"write": {mb} / write, "read": {mb} / read}}))
 """
 
-DISK = """
-import json, os, sys, time
-chunk = os.urandom(1 << 20)
-start = time.perf_counter()
-with open("bench.dat", "wb") as f:
-    for _ in range({mb}):
-        f.write(chunk)
-    f.flush()
-    os.fsync(f)
-write = time.perf_counter() - start
-print("written", flush=True)
-sys.stdin.readline()  # meanwhile home evicts the file from its page cache
-start = time.perf_counter()
-total = 0
-with open("bench.dat", "rb") as f:
-    while block := f.read(1 << 20):
-        total += len(block)
-read = time.perf_counter() - start
-os.remove("bench.dat")
-assert total == {mb} << 20
-print(json.dumps({{"write": {mb} / write, "read": {mb} / read}}))
-"""
+
+def file_job(mb: int, disk: bool) -> str:
+    """The file script: page cache (write, read back), or disk (write and fsync, then wait
+    while home evicts the file from its page cache, then read)."""
+    if not disk:
+        return FILE_JOB.format(mb=mb, sync="pass", pause="")
+    return FILE_JOB.format(mb=mb, sync="f.flush(); os.fsync(f)",
+                           pause='print("written", flush=True)\nsys.stdin.readline()')
+
 
 STAT = """
 import json, os, time
@@ -130,7 +120,7 @@ def evict(path: Path) -> None:
 
 
 def disk_rates(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
-    """Run the DISK script: write and fsync, evict the file here (at home), then read it."""
+    """Run the disk file script: write and fsync, evict the file here (at home), then read it."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
     line = proc.stdout.readline()
@@ -168,19 +158,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mosix-bench-"))
     runtime = work / "runtime"
-    env = dict(os.environ, MOSIX_RUNTIME_DIR=str(runtime))
-    cluster = subprocess.Popen([str(BIN / "mosixd"), "--local", "3", "--port", "0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            out = subprocess.run([str(BIN / "mosmon"), "--json"], capture_output=True, text=True, env=env)
-            if out.returncode == 0 and sum(n["state"] == "up" for n in json.loads(out.stdout)["nodes"]) == 3:
-                break
-            time.sleep(0.5)
+    with LocalCluster(3, runtime) as cluster:
+        env = cluster.env
         (work / "writer.py").write_text(WRITER.format(mb=args.megabytes * 2))
-        (work / "files.py").write_text(FILES.format(mb=args.megabytes))
-        (work / "disk.py").write_text(DISK.format(mb=args.megabytes))
+        (work / "files.py").write_text(file_job(args.megabytes, disk=False))
+        (work / "disk.py").write_text(file_job(args.megabytes, disk=True))
         (work / "stat.py").write_text(STAT.format(n=2000))
         py = sys.executable
         mosrun = [str(BIN / "mosrun"), "-r", "n2"]
@@ -217,9 +199,6 @@ def main() -> None:
             json.loads(subprocess.run([*mosrun, py, "stat.py"], env=env, cwd=work, check=True,
                                       capture_output=True).stdout)["median_us"] for _ in range(3))
         rows.append(("stat vs grpc ping (us)", ping, stat, stat / ping, "<= 2x"))
-    finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=30)
     print(f"mosrun through the home node, 3-node local cluster, task on n2 "
           f"({args.runs} launches, {runs} runs of each bulk figure, medians)")
     print(f"  {'figure':<28} {'baseline':>10} {'mosrun':>10} {'ratio':>8}  goal")

@@ -16,8 +16,16 @@ import os
 import select
 import socket
 
-PIPE_SIZE = 1 << 20     # a bigger pipe: fewer, larger splices
+PIPE_SIZE = 1 << 20     # bigger pipes: fewer, larger writes and splices
 SPLICE_MAX = 1 << 20
+
+
+def big_pipe() -> tuple[int, int]:
+    """``os.pipe()`` with room for :data:`PIPE_SIZE` bytes where the kernel allows it."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(AttributeError, OSError):  # Linux only; the default still works
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end
 
 
 class OutputPipe:
@@ -25,9 +33,7 @@ class OutputPipe:
 
     def __init__(self, stream: socket.socket) -> None:
         self._stream = stream
-        self._read, self.child_end = os.pipe()
-        with contextlib.suppress(AttributeError, OSError):  # Linux only; the default still works
-            fcntl.fcntl(self.child_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._read, self.child_end = big_pipe()
         os.set_blocking(self._read, False)
         stream.setblocking(False)
         self._job: asyncio.Task[None] | None = None

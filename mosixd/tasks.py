@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import pwd
@@ -29,7 +28,7 @@ import psutil
 
 import mosrun
 from mosixd.loadvector import LoadVector
-from mosixd.outpipe import OutputPipe
+from mosixd.outpipe import OutputPipe, big_pipe
 from mosixd.policy import JobRequest, admit
 from mosixd.rebalance import RunningTask
 from mosixd.spawner import Spawner, SpawnFailed
@@ -40,7 +39,6 @@ log = logging.getLogger("mosixd.tasks")
 
 RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
 CHUNK = 1 << 20
-PIPE_SIZE = 1 << 20       # a bigger stdin pipe: fewer, larger writes into the task
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
 USAGE_EVERY = 2.0
 CONNECT_TIMEOUT = 10.0    # to open the task's streams to its home's mosrun
@@ -394,7 +392,7 @@ class TaskTable:
         else:
             args = list(spec.argv)
             cwd = Path(spec.cwd) if os.path.isdir(spec.cwd) else scratch
-        stdin_r, stdin_w = _pipe()
+        stdin_r, stdin_w = big_pipe()
         # stdout and stderr are pipes, as in a local run, spliced into their streams home; the
         # file channel is its stream home itself: we keep no end of it.
         outputs = [OutputPipe(streams[0]), OutputPipe(streams[1])]
@@ -473,13 +471,6 @@ async def _control_word(task: HostedTask, timeout: float) -> dict[str, object]:
         return frames.decode_header(rest[:head_len])
     except (TimeoutError, ConnectionError, frames.ProtocolError) as exc:
         return {"t": "ended", "reason": "no answer" if isinstance(exc, TimeoutError) else "it ended"}
-
-
-def _pipe() -> tuple[int, int]:
-    read_end, write_end = os.pipe()
-    with contextlib.suppress(AttributeError, OSError):  # Linux only; the default still works
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    return read_end, write_end
 
 
 async def _stdin_writer(stdin_fd: int) -> asyncio.StreamWriter:

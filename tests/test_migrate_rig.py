@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -211,7 +213,10 @@ BUSY = """
 """
 
 
-def test_the_balancer_spreads_four_tasks_from_one_node_to_two_and_two(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def busy_two_nodes(tmp_path: Path, seconds: int) -> Iterator[tuple[LocalRig, Path, list[subprocess.Popen[bytes]]]]:
+    """A 2-node rig of one CPU each, a work directory holding busy.py, and a list for the
+    task processes, which are ended (before the rig) however the test goes."""
     from conftest import start_rig
 
     rig = start_rig(2, tmp_path / "rig", "--cpus", "1")
@@ -220,8 +225,19 @@ def test_the_balancer_spreads_four_tasks_from_one_node_to_two_and_two(tmp_path: 
         wait_for(rig.converged, 30)
         work = tmp_path / "work"
         work.mkdir()
-        write(work / "busy.py", BUSY.format(seconds=120))
-        procs = [start(rig, work, "busy.py", node="n1") for _ in range(4)]
+        write(work / "busy.py", BUSY.format(seconds=seconds))
+        yield rig, work, procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        rig.stop()
+
+
+def test_the_balancer_spreads_four_tasks_from_one_node_to_two_and_two(tmp_path: Path) -> None:
+    with busy_two_nodes(tmp_path, 120) as (rig, work, procs):
+        procs += [start(rig, work, "busy.py", node="n1") for _ in range(4)]
         wait_for(lambda: len([t for t in rig.tasks("n1") if t["state"] == "running"]) == 4, 20)
 
         def spread() -> list[str]:
@@ -231,35 +247,15 @@ def test_the_balancer_spreads_four_tasks_from_one_node_to_two_and_two(tmp_path: 
         wait_for(spread, 60, 0.5)
         time.sleep(5)  # and it stays so: no ping-pong
         assert spread()
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-        rig.stop()
 
 
 def test_locked_tasks_are_left_alone_by_the_balancer(tmp_path: Path) -> None:
-    from conftest import start_rig
-
-    rig = start_rig(2, tmp_path / "rig", "--cpus", "1")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        wait_for(rig.converged, 30)
-        work = tmp_path / "work"
-        work.mkdir()
-        write(work / "busy.py", BUSY.format(seconds=60))
-        procs = [subprocess.Popen([str(BIN / "mosrun"), "-L", "-r", "n1", PY, "busy.py"], cwd=work, env=rig.env,
-                                  stdout=subprocess.DEVNULL) for _ in range(3)]
+    with busy_two_nodes(tmp_path, 60) as (rig, work, procs):
+        procs += [subprocess.Popen([str(BIN / "mosrun"), "-L", "-r", "n1", PY, "busy.py"], cwd=work, env=rig.env,
+                                   stdout=subprocess.DEVNULL) for _ in range(3)]
         wait_for(lambda: len([t for t in rig.tasks("n1") if t["state"] == "running"]) == 3, 20)
         time.sleep(12)
         assert [t["where"] for t in rig.tasks("n1")] == ["n1"] * 3
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-        rig.stop()
 
 
 def test_expel_empties_a_node_and_bring_calls_tasks_home(tmp_path: Path) -> None:
