@@ -114,6 +114,7 @@ class Mover:
         spec = pb.TaskSpec()
         spec.CopyFrom(live.spec)
         spec.epoch += 1
+        spec.incoming_bytes = live.record.rss  # the state is at most about the task's memory
         live.freezes += 1
         freeze_id = live.freezes
         new_call: grpc.aio.StreamStreamCall | None = None
@@ -264,6 +265,7 @@ class Mover:
         spec = pb.TaskSpec()
         spec.CopyFrom(live.spec)
         spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
+        spec.incoming_bytes = latest.stat().st_size
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         try:
             choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])

@@ -41,11 +41,13 @@ RUNTIME = Path(mosrun.__file__).resolve().parent / "runtime.py"
 CHUNK = 1 << 20
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
 USAGE_EVERY = 2.0
+FIRST_USAGE = 0.5
 CONNECT_TIMEOUT = 10.0    # to open the task's streams to its home's mosrun
 KILL_GRACE = 2.0
 DRAIN_AFTER_EXIT = 5.0    # orphans may hold the output pipes open; don't wait for them forever
 WARM_TIMEOUT = 20.0       # a move's target interpreter must be ready by then
 RESTORE_TIMEOUT = 30.0    # ... and, once told to start, have the whole checkpoint
+MAX_ROOM = 4 << 30        # memory a warm interpreter faults in for the checkpoint, at most
 
 
 class SpawnError(Exception):
@@ -343,8 +345,10 @@ class TaskTable:
             proc = psutil.Process(task.pid)
         except psutil.Error:
             return
+        delay = FIRST_USAGE  # soon after the start, so a move knows early how big the task is
         while True:
-            await asyncio.sleep(USAGE_EVERY)
+            await asyncio.sleep(delay)
+            delay = USAGE_EVERY
             try:
                 with proc.oneshot():
                     times, rss = proc.cpu_times(), proc.memory_info().rss
@@ -405,6 +409,8 @@ class TaskTable:
                 # A move's target: the socket the checkpoint will arrive on, and its token.
                 child_fds.append(os.dup(restore[0].fileno()))
                 env["MOSIX_RESTORE_TOKEN"] = restore[1].hex()
+                room = min(spec.incoming_bytes, MAX_ROOM, psutil.virtual_memory().available // 2)
+                env["MOSIX_RESTORE_ROOM"] = str(room)
         try:
             pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
                                             umask=spec.umask, identity=identity, fds=child_fds,

@@ -62,14 +62,17 @@ def resumable(**initial: object) -> ResumableState:
     return _state
 
 
+ROOM_MIN = 1 << 20  # below this, fresh pages cost less than holding them ready
+
+
 def await_checkpoint(timeout: float = 600.0) -> None:
     """A move's target, before the program runs: get ready, take the checkpoint, run on the word.
 
     The node started this interpreter while the task still runs on its source. Tell the node
     we are ready, receive the checkpoint on the listening socket it handed over (the frozen
-    source streams it here directly), and wait for the word to start: only then has the move
-    succeeded. A checkpoint that fails its checks is refused and this copy ends, so the task
-    goes on at its source.
+    source streams it here directly) into memory held ready for it, and wait for the word to
+    start: only then has the move succeeded. A checkpoint that fails its checks is refused
+    and this copy ends, so the task goes on at its source.
     """
     global _restored
     import socket
@@ -82,9 +85,12 @@ def await_checkpoint(timeout: float = 600.0) -> None:
     ctl = socket.socket(fileno=int(os.environ["MOSIX_CONTROL_FD"]))
     try:
         checkpoint.warm_up()
+        # The room for the state: zero-filled, so its pages are faulted in now, not during the freeze.
+        size = int(os.environ.pop("MOSIX_RESTORE_ROOM", "0") or 0)
+        room = bytearray(size) if size >= ROOM_MIN else None
         frames.send_frame(ctl, {"t": "ready"})
         try:
-            _restored = transfer.receive(listener, token, timeout)
+            _restored = transfer.receive(listener, token, timeout, room)
         except (transfer.TransferError, checkpoint.CheckpointError) as exc:
             frames.send_frame(ctl, {"t": "restore_failed", "reason": str(exc)})
             os._exit(1)

@@ -9,26 +9,25 @@ daemon relaying the bytes. On the wire::
     token (TOKEN_SIZE bytes) | the checkpoint (``mosrun.checkpoint`` format)
 
 The receiver checks the checksum as the bytes arrive and answers one byte: ACK, or NAK
-followed by a one-line reason. A checkpoint stored at home (a failover) goes the same way.
-Runs inside task processes and the daemon: standard library only.
+followed by a one-line reason. The largest piece lands in memory the interpreter faulted in
+while it waited (the room it reserved). A checkpoint stored at home (a failover) goes the
+same way. Runs inside task processes and the daemon: standard library only (and the
+checksum's module).
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import queue
 import socket
-import threading
 import time
-import zlib
 from typing import Iterable
 
 from mosrun import checkpoint
 
 TOKEN_SIZE = 32
 ACK, NAK = b"+", b"-"
-SLICE = 8 << 20          # checksummed as each slice arrives
+SLICE = 1 << 20          # checksummed as each slice arrives
 MAX_HEADER = 1 << 20     # a checkpoint header is a few hundred bytes; more is garbage
 MAX_STRAYS = 8           # connections without the token before the receiver gives up
 IDLE_TIMEOUT = 30.0      # a stream that stalls this long is abandoned
@@ -95,30 +94,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytearray:
     return data
 
 
-class _RunningCrc:
-    """CRC-32 of slices as they arrive, on a thread: zlib lets go of the GIL for big slices,
-    so the sum is computed while the next slice is still coming in."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._slices: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="mosix-crc", daemon=True)
-        self._thread.start()
-
-    def add(self, piece: memoryview) -> None:
-        self._slices.put(piece)
-
-    def result(self) -> int:
-        self._slices.put(None)
-        self._thread.join()
-        return self.value
-
-    def _run(self) -> None:
-        while (piece := self._slices.get()) is not None:
-            self.value = zlib.crc32(piece, self.value)
-
-
-def _read_into(conn: socket.socket, data: bytearray, crc: _RunningCrc, offset: int = 0) -> None:
+def _read_into(conn: socket.socket, data: bytearray, summed: checkpoint.BodySum, offset: int = 0) -> None:
     view, pos = memoryview(data), offset
     while pos < len(data):
         start, end = pos, min(len(data), pos + SLICE)
@@ -127,10 +103,29 @@ def _read_into(conn: socket.socket, data: bytearray, crc: _RunningCrc, offset: i
             if not k:
                 raise TransferError(f"the checkpoint stream ended early ({pos} of {len(data)} bytes)")
             pos += k
-        crc.add(view[start:end])
+        summed.update(view[start:end])  # while the slice is still in the cache
 
 
-def _read_checkpoint(conn: socket.socket) -> tuple[bytearray, list[bytearray]]:
+def _allocate(sizes: list[int], room: bytearray | None) -> list[bytearray]:
+    """Memory for pieces of ``sizes`` bytes. The largest takes ``room``, memory faulted in
+    while the source still ran, so receiving does not wait for the kernel to supply fresh
+    pages (on a virtual machine that is slower than the stream itself). The room is cut or
+    grown to fit: the kernel remaps big blocks, it does not copy them."""
+    largest = max(range(len(sizes)), key=sizes.__getitem__, default=None)
+    out = []
+    for i, n in enumerate(sizes):
+        if i == largest and room is not None:
+            if n < len(room):
+                del room[n:]
+            else:
+                room += bytes(n - len(room))
+            out.append(room)
+        else:
+            out.append(bytearray(n))
+    return out
+
+
+def _read_checkpoint(conn: socket.socket, room: bytearray | None) -> tuple[bytearray, list[bytearray]]:
     """One whole checkpoint from ``conn``, its checksum verified as it came: the header
     with the pickle, and each out-of-band buffer in its own bytearray (the restored state
     keeps those as they are)."""
@@ -140,25 +135,23 @@ def _read_checkpoint(conn: socket.socket) -> tuple[bytearray, list[bytearray]]:
         raise checkpoint.CorruptCheckpoint(f"checkpoint header of {size} bytes is implausible")
     head = prefix + _recv_exact(conn, size - len(prefix))
     header = checkpoint.read_header(head)
-    data = bytearray(size + header.payload_size)
+    summed = checkpoint.body_sum(header.checksum_algorithm)
+    data, *buffers = _allocate([size + header.payload_size, *header.buffers], room)
     data[:size] = head
-    crc = _RunningCrc()
-    try:
-        _read_into(conn, data, crc, size)
-        buffers = [bytearray(n) for n in header.buffers]
-        for buffer in buffers:
-            _read_into(conn, buffer, crc)
-    finally:
-        value = crc.result()
-    checkpoint.check_sum(header, b"", value)  # the CRC of everything after the header
+    _read_into(conn, data, summed, size)
+    for buffer in buffers:
+        _read_into(conn, buffer, summed)
+    checkpoint.check_sum(header, b"", summed.hexdigest())  # the sum of everything after the header
     return data, buffers
 
 
-def receive(listener: socket.socket, token: bytes, timeout: float) -> tuple[bytearray, list[bytearray]]:
+def receive(listener: socket.socket, token: bytes, timeout: float,
+            room: bytearray | None = None) -> tuple[bytearray, list[bytearray]]:
     """Accept connections on ``listener`` until one presents ``token``, and return the
     checkpoint it carries, checked: ``(header and pickle, out-of-band buffers)``, for
     ``checkpoint.loads(data, buffers=buffers, checked=True)``.
 
+    ``room``: memory held ready for the checkpoint's largest piece (see ``_allocate``).
     Connections without the token are dropped. Raises TransferError when nothing valid
     arrives within ``timeout`` seconds, CheckpointError when the checkpoint is damaged.
     """
@@ -178,7 +171,7 @@ def receive(listener: socket.socket, token: bytes, timeout: float) -> tuple[byte
             if not hmac.compare_digest(bytes(presented), token):
                 continue  # a stray or hostile connection: not the task's source
             try:
-                data = _read_checkpoint(conn)
+                data = _read_checkpoint(conn, room)
             except checkpoint.CheckpointError as exc:
                 _say(conn, NAK + str(exc).encode()[:1000])
                 raise

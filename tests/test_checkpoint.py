@@ -68,7 +68,7 @@ def test_plain_values_and_header() -> None:
     header, back = ck.loads(blob(state, task_id="job-9", epoch=4))
     assert vars(back) == vars(state)
     assert (header.version, header.task_id, header.epoch) == (ck.FORMAT_VERSION, "job-9", 4)
-    assert header.pickler == "cloudpickle" and header.checksum.startswith("crc32:")
+    assert header.pickler == "cloudpickle" and header.checksum.startswith("xxh3:")
     assert header.python.split(".")[:2] == [str(sys.version_info.major), str(sys.version_info.minor)]
 
 
@@ -131,6 +131,24 @@ def test_large_bytearray_is_out_of_band_and_not_copied() -> None:
         back = ck.loads(data)[1]
         assert back.big == big and back.big is back.again and back.frozen == state.frozen
         back.big[0] ^= 1  # restored state is writable whatever the data was
+
+
+def test_crc32_where_xxhash_is_missing_and_both_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node without xxhash writes CRC-32 checkpoints, which every node reads; an xxh3
+    checkpoint there is refused with a line that says what is missing, never half-loaded."""
+    state = State(blob=bytearray(os.urandom(2 << 20)), n=7)
+    newer = bytearray(b"".join(ck.dumps(state, task_id="t", epoch=1)))
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # import xxhash now fails
+    older = bytearray(b"".join(ck.dumps(state, task_id="t", epoch=1)))
+    assert ck.read_header(older).checksum.startswith("crc32:")
+    with pytest.raises(ck.CorruptCheckpoint, match="needs the xxhash package"):
+        ck.loads(newer)
+    monkeypatch.undo()
+    for data in (older, newer):
+        assert vars(ck.loads(data)[1]) == vars(state)
+        data[-1] ^= 1
+        with pytest.raises(ck.CorruptCheckpoint, match="checksum mismatch"):
+            ck.loads(data)
 
 
 def test_big_bytearrays_received_apart_are_restored_as_they_are() -> None:

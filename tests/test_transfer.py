@@ -19,7 +19,8 @@ TOKEN = os.urandom(transfer.TOKEN_SIZE)
 class Receiver:
     """A target waiting for a checkpoint on a loopback port, on a thread."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
+    def __init__(self, timeout: float = 10.0, room: bytearray | None = None) -> None:
+        self.room = room
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.result: tuple[bytearray, list[bytearray]] | None = None
@@ -29,7 +30,7 @@ class Receiver:
 
     def _run(self, timeout: float) -> None:
         try:
-            self.result = transfer.receive(self.listener, TOKEN, timeout)
+            self.result = transfer.receive(self.listener, TOKEN, timeout, self.room)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc
         finally:
@@ -55,6 +56,22 @@ def test_a_checkpoint_crosses_and_restores_its_big_buffer_in_place() -> None:
     assert (header.task_id, header.epoch) == ("t1", 2)
     assert back.step == 41 and back.words == ["a", "b"] and back.blob == state.blob
     assert back.blob is buffers[0]  # received straight into the state's bytearray
+
+
+@pytest.mark.parametrize("room_size", [3 << 20, 4 << 20, 64 << 20, 1 << 20, 0])
+def test_the_largest_piece_lands_in_the_room_held_for_it(room_size: int) -> None:
+    """Memory held ready becomes the biggest piece, cut or grown to its size, whatever the
+    guess was; the state comes back whole."""
+    state = state_with_buffer()
+    room = bytearray(room_size)
+    receiver = Receiver(room=room)
+    transfer.send(receiver.address, TOKEN, ck.dumps(state, task_id="t1", epoch=2))
+    receiver.join()
+    assert receiver.error is None and receiver.result is not None
+    data, buffers = receiver.result
+    back = ck.loads(data, buffers=buffers, checked=True)[1]
+    assert back.blob == state.blob and back.words == ["a", "b"]
+    assert back.blob is room and len(room) == len(state.blob)
 
 
 def test_a_connection_without_the_token_is_ignored() -> None:

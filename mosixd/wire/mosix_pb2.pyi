@@ -91,7 +91,7 @@ class SetBlockedRequest(_message.Message):
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token")
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token", "incoming_bytes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class TaskSpec(_message.Message):
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     STREAMS_TO_FIELD_NUMBER: _ClassVar[int]
     STREAMS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_BYTES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     home: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -151,7 +152,8 @@ class TaskSpec(_message.Message):
     checkpoint_every: float
     streams_to: str
     streams_token: bytes
-    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ...) -> None: ...
+    incoming_bytes: int
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ..., incoming_bytes: _Optional[int] = ...) -> None: ...
 
 class HomeMessage(_message.Message):
     __slots__ = ("start", "stdin", "stdin_eof", "signal", "reserve", "freeze", "verdict")
