@@ -52,6 +52,8 @@ Run from the repository root:
     python -m bench.sim --quick            # 100 scenarios
     python -m bench.sim --scenarios 500 --load 0.5 1.0 --workers 1
     python -m bench.sim --quick --set residency_factor=2   # a policy parameter changed
+    python -m bench.sim --quick --set herd_control=0       # without the herd rule
+    python -m bench.sim --quick --link 1e13 --freeze 0 --set min_residency=0  # free moves
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ WORK_MIN, WORK_MAX = 2.0, 1000.0  # standard-CPU seconds
 MEM_MIN_MB, MEM_MAX_MB = 32, 2048
 LOAD_MIN, LOAD_MAX = 1.0, 2.0  # offered CPU utilisation of the cluster while jobs arrive
 BANDWIDTH = 125e6  # bytes/s: a 1 Gb/s link
-FREEZE = 0.05  # seconds a small task stands still in a move (bench.migration: about 40 ms)
+FREEZE = 0.02  # seconds a small task stands still in a move (bench.migration: about 20 ms)
 THRASH = 10.0  # a thrashing machine's jobs get this much less CPU
 TICK = 1.0  # the daemon decides on migration once a second
 PYTHON = "3.11.7"
@@ -420,7 +422,7 @@ def run_scenario(seed: int) -> Result:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the scenarios and print the table."""
-    global LOAD_MIN, LOAD_MAX, ARRIVAL_WINDOW
+    global LOAD_MIN, LOAD_MAX, ARRIVAL_WINDOW, BANDWIDTH, FREEZE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="100 scenarios")
@@ -431,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="range of the offered utilisation while jobs arrive")
     parser.add_argument("--window", type=float, default=ARRIVAL_WINDOW,
                         help="seconds during which jobs arrive")
+    parser.add_argument("--link", type=float, default=BANDWIDTH, metavar="BYTES_PER_S",
+                        help="bandwidth a move's state crosses in the model")
+    parser.add_argument("--freeze", type=float, default=FREEZE, metavar="SECONDS",
+                        help="fixed stop of a move in the model, besides the transfer")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a Rebalancer parameter other than its default (repeatable)")
     args = parser.parse_args(argv)
@@ -440,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Module constants, so that worker processes (fork) see them too.
     LOAD_MIN, LOAD_MAX = args.load
     ARRIVAL_WINDOW = args.window
+    BANDWIDTH, FREEZE = args.link, args.freeze
     count = 100 if args.quick else args.scenarios
     seeds = range(args.seed, args.seed + count)
     started = time.perf_counter()

@@ -115,10 +115,11 @@ class Rebalancer:
     def __init__(self, *, min_residency: float = 3.0, residency_factor: float = 4.0,
                  stability: float = 1.3,
                  reassign_ratio: float = 0.5, bandwidth_bytes_per_s: float = 125e6,
-                 freeze_overhead: float = 0.05, gain_margin: float = 1.0,
+                 freeze_overhead: float = 0.02, gain_margin: float = 1.0,
                  thrash_slowdown: float = 10.0, cooldown: float = 10.0,
                  confirm_lag: float = 2.0, reservation_ttl: float = 30.0,
-                 base: float | None = None, rng: random.Random | None = None) -> None:
+                 base: float | None = None, rng: random.Random | None = None,
+                 herd_control: bool = True) -> None:
         """``min_residency``: seconds a task stays on a node before it may leave, and
         ``residency_factor``: at least this many times the cost of moving it.
         ``stability``: MOSIX's margin (the task's load counts this much on the target).
@@ -131,6 +132,7 @@ class Rebalancer:
         ``cooldown``: seconds a target that failed a move is not tried again.
         ``confirm_lag``/``reservation_ttl``: as for ``Placement``. ``base``: a fixed cost
         base. ``rng``: the randomness of the herd rule (seed it for reproducible runs).
+        ``herd_control``: False turns rule 5 off (for ``bench.sim`` to measure what it costs).
         """
         if stability < 1.0:
             raise ValueError("stability must be at least 1")
@@ -150,6 +152,7 @@ class Rebalancer:
         self._placement = Placement(reservation_ttl=reservation_ttl, confirm_lag=confirm_lag,
                                     base=base)
         self._rng = rng or random.Random()
+        self.herd_control = herd_control
         self._outgoing: dict[str, _Outgoing] = {}  # task id -> the move under way
         self._target_cool: dict[str, float] = {}  # target -> until when it is left alone
         self._task_cool: dict[str, float] = {}  # task id -> until when it stays put
@@ -285,8 +288,8 @@ class Rebalancer:
                                      held, moving, exclude, now)
             if option is not None and (best is None or option.gain > best.gain):
                 best = option
-        if best is None or not self._herd_allows(own_id, best.target, targets[best.target],
-                                                 views, a):
+        if best is None or (self.herd_control and not self._herd_allows(
+                own_id, best.target, targets[best.target], views, a)):
             return None
         self._record(best, next(t for t in candidates if t.task_id == best.task_id), now)
         return best

@@ -243,6 +243,14 @@ def test_loaded_nodes_do_not_all_send_to_one_newly_idle_node():
     assert 0.5 <= sum(senders_per_second) / len(senders_per_second) <= 1.5
 
 
+def test_without_herd_control_every_loaded_node_sends_to_the_idle_one():
+    """The switch bench.sim uses to measure what the herd rule costs."""
+    views = [view(f"n{i}", 3) for i in range(1, 6)] + [view("n6", 0)]
+    decisions = [Rebalancer(rng=random.Random(i), herd_control=False).decide(
+        f"n{i}", views, [task(f"n{i}.{k}") for k in range(3)], now=50.0) for i in range(1, 6)]
+    assert [d.target if d else None for d in decisions] == ["n6"] * 5
+
+
 def test_herd_settles_over_a_few_seconds_without_overshoot():
     cpus = {f"n{i}": 1 for i in range(1, 7)}
     tasks = {n: [task(f"{n}.{k}") for k in range(3)] for n in cpus}
