@@ -32,6 +32,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 FORMAT_VERSION = 1
 MAGIC = b"MOSIXCKP"
@@ -277,14 +278,15 @@ def dumps(state: object, *, task_id: str, epoch: int) -> list[bytes | memoryview
             failure = (name, exc)
             continue
         payload = sink.done()
-        summed = body_sum()
+        algorithm = _new_checksum()
+        summed = body_sum(algorithm)
         for piece in (*payload, *buffers):
             summed.update(piece)
         v = sys.version_info
         header = CheckpointHeader(
             version=FORMAT_VERSION, python=f"{v.major}.{v.minor}.{v.micro}", task_id=task_id,
             epoch=int(epoch), created=time.time(), payload_size=sum(len(p) for p in payload),
-            buffers=tuple(b.nbytes for b in buffers), checksum=f"{summed.name}:{summed.hexdigest()}",
+            buffers=tuple(b.nbytes for b in buffers), checksum=f"{algorithm}:{summed.hexdigest()}",
             pickler=name, kept=tuple(kept))
         text = json.dumps(asdict(header), separators=(",", ":")).encode()
         return [MAGIC + _PREFIX.pack(FORMAT_VERSION, len(text), zlib.crc32(text)) + text,
@@ -297,7 +299,7 @@ def warm_up() -> None:
     """Import the pickler and the checksum now: a move's target does it before the task is
     frozen, not after."""
     importlib.import_module(_available()[0])
-    body_sum()
+    body_sum(_new_checksum())
 
 
 def _parse_header(view: memoryview) -> tuple[CheckpointHeader, int]:
@@ -357,74 +359,49 @@ def header_size(prefix: bytes | bytearray | memoryview) -> int:
 PREFIX_SIZE = _PREFIX_END
 
 
+class BodySum(Protocol):
+    """A running checksum, as hashlib and xxhash objects are."""
+
+    def update(self, piece: bytes | bytearray | memoryview, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class _Crc32:
     """CRC-32 with the interface of a hashlib object (zlib is always there)."""
-
-    name = "crc32"
 
     def __init__(self) -> None:
         self._value = 0
 
-    def update(self, piece: bytes | bytearray | memoryview) -> None:
+    def update(self, piece: bytes | bytearray | memoryview, /) -> None:
         self._value = zlib.crc32(piece, self._value)
 
     def hexdigest(self) -> str:
         return f"{self._value:08x}"
 
 
-class _Xxh3:
-    """XXH3-64: about five times as fast as zlib's CRC-32, so the sum is cheap on a move."""
-
-    name = "xxh3"
-
-    def __init__(self) -> None:
-        import xxhash  # a dependency of mosix; imported when first used
-        self._hash = xxhash.xxh3_64()
-
-    def update(self, piece: bytes | bytearray | memoryview) -> None:
-        self._hash.update(piece)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+def _new_checksum() -> str:
+    """What new checkpoints carry: XXH3-64, about five times as fast as CRC-32 so the sum is
+    cheap on a move; CRC-32 where the xxhash package is missing."""
+    return "xxh3" if importlib.util.find_spec("xxhash") is not None else "crc32"
 
 
-class _Hashlib:
-    """The cryptographic sums older checkpoints may carry."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._hash = hashlib.new(name)
-
-    def update(self, piece: bytes | bytearray | memoryview) -> None:
-        self._hash.update(piece)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-BodySum = _Crc32 | _Xxh3 | _Hashlib
-
-
-def body_sum(algorithm: str | None = None) -> BodySum:
+def body_sum(algorithm: str) -> BodySum:
     """A running checksum of a checkpoint's body, fed piece by piece with ``update``.
 
-    ``algorithm`` as a header names it ("xxh3", "crc32", "sha256", ...); None: the one new
-    checkpoints use. CorruptCheckpoint when this node cannot compute the named one.
+    ``algorithm`` as a header names it ("xxh3", "crc32", "sha256", ...). CorruptCheckpoint
+    when this node cannot compute it.
     """
-    if algorithm is None:
-        try:
-            return _Xxh3()
-        except ImportError:
-            return _Crc32()
     if algorithm == "crc32":
         return _Crc32()
     if algorithm == "xxh3":
         try:
-            return _Xxh3()
+            import xxhash  # a dependency of mosix; imported when first used
         except ImportError:
             raise CorruptCheckpoint("checkpoint uses the xxh3 checksum, which needs the xxhash package") from None
-    if algorithm in ("sha256", "sha512", "blake2b"):
-        return _Hashlib(algorithm)
+        return xxhash.xxh3_64()
+    if algorithm in ("sha256", "sha512", "blake2b"):  # older checkpoints
+        return hashlib.new(algorithm)
     raise CorruptCheckpoint(f"checkpoint uses an unknown checksum {algorithm!r}")
 
 
