@@ -1,4 +1,4 @@
-"""Gossip benchmark: the real ``mosixd.gossip.GossipView`` driven in a round simulation.
+"""Gossip benchmark: the real ``mosixd.core.gossip.GossipView`` driven in a round simulation.
 
 Every node runs the real core. A round: every node computes its outgoing window at the
 start of the round and chooses its targets; then each exchange is delivered push-pull,
@@ -42,8 +42,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mosixd.gossip import Entry, GossipConfig, GossipView, NodeState
-from mosixd.loadvector import LoadVector
+from mosixd.core.gossip import Entry, GossipConfig, GossipView, NodeState
+from mosixd.core.loadvector import LoadVector
 from mosixd.wire import mosix_pb2
 
 GiB = 1 << 30

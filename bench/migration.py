@@ -18,8 +18,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import textwrap
+import threading
 import time
 import timeit
 from pathlib import Path

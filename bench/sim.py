@@ -1,5 +1,5 @@
 """Placement and migration benchmark: the opportunity-cost paper's cluster model, driving
-the real ``mosixd.policy.Placement`` and ``mosixd.rebalance.Rebalancer``.
+the real ``mosixd.core.policy.Placement`` and ``mosixd.core.rebalance.Rebalancer``.
 
 The model (after Amir, Awerbuch, Barak, Borgstrom and Keren, IEEE TPDS 11(7), 2000):
 
@@ -70,10 +70,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from mosixd.gossip import NodeState, NodeView
-from mosixd.loadvector import LoadVector
-from mosixd.policy import MIB, JobRequest, NoRoom, Placement, admit, node_cost
-from mosixd.rebalance import MoveDecision, Rebalancer, RunningTask
+from mosixd.core.gossip import NodeState, NodeView
+from mosixd.core.loadvector import LoadVector
+from mosixd.core.policy import MIB, JobRequest, NoRoom, Placement, admit, node_cost
+from mosixd.core.rebalance import MoveDecision, Rebalancer, RunningTask
 
 ARRIVAL_WINDOW = 150.0  # seconds during which jobs arrive
 WORK_MIN, WORK_MAX = 2.0, 1000.0  # standard-CPU seconds

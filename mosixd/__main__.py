@@ -2,6 +2,6 @@
 
 import sys
 
-from mosixd.main import main
+from mosixd.daemon.main import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mosixd.auth import KeyFileError, generate_key, load_key, sign, verify
+from mosixd.wire.auth import KeyFileError, generate_key, load_key, sign, verify
 
 KEY = b"k" * 32
 METHOD = "/mosix.v1.Admin/ClusterStatus"

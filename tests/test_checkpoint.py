@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mosrun import checkpoint as ck
-from mosrun.checkpoint import CheckpointError, CorruptCheckpoint, IncompatibleCheckpoint, UnpicklableState
+from mosrun.runtime import checkpoint as ck
+from mosrun.runtime.checkpoint import CheckpointError, CorruptCheckpoint, IncompatibleCheckpoint, UnpicklableState, pickling
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE_EFFECTS: list[str] = []
@@ -92,7 +92,7 @@ def test_main_classes_and_lambdas_travel_by_value(tmp_path: Path) -> None:
     pytest.importorskip("cloudpickle")
     writer = textwrap.dedent(f"""
         import sys
-        from mosrun import checkpoint
+        from mosrun.runtime import checkpoint
         class Particle:
             def __init__(self, x): self.x = x
             def moved(self, dx): return Particle(self.x + dx)
@@ -104,7 +104,7 @@ def test_main_classes_and_lambdas_travel_by_value(tmp_path: Path) -> None:
     """)
     # A fresh interpreter without those definitions restores them from the checkpoint.
     reader = textwrap.dedent(f"""
-        from mosrun import checkpoint
+        from mosrun.runtime import checkpoint
         header, state = checkpoint.load_from_file({str(tmp_path / "c.ckpt")!r})
         print(type(state.p).__name__, state.p.moved(3).x, state.scale(4), header.pickler)
     """)
@@ -213,7 +213,7 @@ def test_unpicklable_deep_path() -> None:
 
 
 def test_plain_pickle_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ck, "_available", lambda: ["pickle"])
+    monkeypatch.setattr(pickling, "_available", lambda: ["pickle"])
     header, back = ck.loads(blob(State(x=[1, 2])))
     assert header.pickler == "pickle" and back.x == [1, 2]
     with pytest.raises(UnpicklableState, match=r"state\.f: objects of type function .*install cloudpickle"):
@@ -222,12 +222,12 @@ def test_plain_pickle_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_dill_when_cloudpickle_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("dill")
-    real = ck._dump
+    real = pickling._dump
     def flaky(name, obj, sink, buffers, kept):
         if name == "cloudpickle":
             raise TypeError("cloudpickle cannot")
         return real(name, obj, sink, buffers, kept)
-    monkeypatch.setattr(ck, "_dump", flaky)
+    monkeypatch.setattr(pickling, "_dump", flaky)
     header, back = ck.loads(blob(State(f=lambda v: v + 1)))
     assert header.pickler == "dill" and back.f(1) == 2
 

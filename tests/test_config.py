@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mosixd.config import Config, ConfigError, load_config
+from mosixd.settings.config import Config, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, free_port, wait_for
-from mosixd.auth import generate_key
+
+from mosixd.wire.auth import generate_key
 
 
 def run_mosixd(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

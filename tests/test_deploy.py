@@ -89,7 +89,7 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 def parse_with_mosixd(argv: list[str]) -> argparse.Namespace:
     """Parse argv with mosixd's own parser; fail (not exit) if it is rejected."""
-    from mosixd.main import build_parser
+    from mosixd.daemon.main import build_parser
 
     parser = build_parser()
     try:
@@ -204,7 +204,7 @@ def test_compose_services_are_the_three_nodes():
 
 
 def test_compose_nodes_match_the_local_rig():
-    from mosixd.local import plan_cluster
+    from mosixd.daemon.local import plan_cluster
 
     plans = {p.id: p for p in plan_cluster(3, port=PORT)}
     assert sorted(plans) == NODE_IDS
@@ -234,7 +234,7 @@ def test_compose_nodes_match_the_local_rig():
 
 
 def test_every_compose_command_is_accepted_by_mosixd():
-    from mosixd.local import plan_cluster
+    from mosixd.daemon.local import plan_cluster
 
     for name, svc in load_compose()["services"].items():
         parse_with_mosixd(service_command(svc))
@@ -469,6 +469,6 @@ def test_example_toml_keys_are_also_mosixd_flags():
 
 
 def test_example_toml_is_accepted_by_the_config_loader():
-    from mosixd.config import load_config
+    from mosixd.settings.config import load_config
 
     load_config(EXAMPLE_TOML, {})

@@ -1,4 +1,4 @@
-"""Tests for mosixd.gossip: the sans-IO gossip core, driven with explicit clocks."""
+"""Tests for mosixd.core.gossip: the sans-IO gossip core, driven with explicit clocks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from mosixd.gossip import Entry, GossipConfig, GossipView, NodeState
-from mosixd.loadvector import LoadVector
+from mosixd.core.gossip import Entry, GossipConfig, GossipView, NodeState
+from mosixd.core.loadvector import LoadVector
 
 CFG = GossipConfig()  # interval 1, window 20, down 5, suspect 2.5, retry 1..30
 UP, DOWN, BLOCKED = NodeState.UP, NodeState.DOWN, NodeState.BLOCKED

@@ -9,14 +9,14 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-
 from conftest import free_port
-from mosixd.auth import open_aio_channel
-from mosixd.config import load_config
-from mosixd.load import LoadSampler
-from mosixd.node import NodeDaemon
+
+from mosixd.daemon.load import LoadSampler
+from mosixd.daemon.node import NodeDaemon
+from mosixd.settings.config import load_config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
+from mosixd.wire.auth import open_aio_channel
 
 KEY = b"in-process-test-key-0123456789"
 INTERVAL = 0.1

@@ -1,4 +1,4 @@
-"""Tests for mosixd.load: smoothing, calibration, demand sources and the sampler."""
+"""Tests for mosixd.daemon.load: smoothing, calibration, demand sources and the sampler."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mosixd.load import (
+from mosixd.core.loadvector import LoadVector
+from mosixd.daemon.load import (
     HostLoadSource,
     LoadSampler,
     LoadSmoother,
@@ -21,7 +22,6 @@ from mosixd.load import (
     calibrate_speed,
     detect_cpus,
 )
-from mosixd.loadvector import LoadVector
 
 BUSY = "import sys; print('ready', flush=True)\nwhile True: pass"
 SLEEPY = "import sys, time; print('ready', flush=True); time.sleep(30)"
@@ -153,8 +153,9 @@ def poll(source: Callable[[], float], ok: Callable[[float], bool], limit: float 
     return seen
 
 
-def test_task_source_busy_child_approaches_one(spawn) -> None:
-    child = spawn(BUSY)
+@pytest.mark.parametrize("program", [BUSY, PARENT_OF_BUSY], ids=["busy child", "busy grandchild"])
+def test_task_source_counts_a_busy_task_and_its_children(spawn, program: str) -> None:
+    child = spawn(program)
     src = TaskLoadSource(lambda: [child.pid])
     seen = poll(src.demand, lambda d: d > 0.7)
     assert seen[-1] > 0.7, seen
@@ -167,13 +168,6 @@ def test_task_source_sleeping_child_is_near_zero(spawn) -> None:
     time.sleep(0.2)
     seen = poll(src.demand, lambda d: d < 0.3)
     assert seen[-1] < 0.3, seen
-
-
-def test_task_source_counts_busy_grandchild(spawn) -> None:
-    child = spawn(PARENT_OF_BUSY)
-    src = TaskLoadSource(lambda: [child.pid])
-    seen = poll(src.demand, lambda d: d > 0.7)
-    assert seen[-1] > 0.7, seen
 
 
 def test_task_source_ignores_vanished_pids(spawn) -> None:

@@ -15,7 +15,6 @@ from typing import Iterator
 
 import psutil
 import pytest
-
 from conftest import BIN, LocalRig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
@@ -102,6 +101,35 @@ def test_ten_moves_in_a_row(shared_rig3: LocalRig, tmp_path: Path) -> None:
     assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, local.returncode)
 
 
+def test_a_task_loads_neither_grpc_nor_the_daemon_before_or_after_a_move(shared_rig3: LocalRig,
+                                                                        tmp_path: Path) -> None:
+    # The task runtime is the bottom layer: standard library only, so a task starts fast.
+    write(tmp_path / "job.py", """
+        import os, sys, time
+        from mosrun import resumable, safepoint
+
+        def heavy():
+            tops = {m.split(".")[0] for m in sys.modules}
+            return sorted(tops & {"grpc", "google", "psutil", "mosixd"}) + sorted(
+                m for m in sys.modules if m.startswith("mosrun.commands"))
+
+        print("start", os.environ["MOSIX_NODE"], heavy(), flush=True)
+        state = resumable(step=0)
+        while state.step < 100:
+            state.step += 1
+            time.sleep(0.05)
+            safepoint()
+        print("end", os.environ["MOSIX_NODE"], heavy(), "checkpoint" in sys.modules["mosrun.runtime"].__dict__)
+    """)
+    proc = start(shared_rig3, tmp_path, "job.py")
+    task = running_task(shared_rig3)
+    result = json.loads(migrate(shared_rig3, task["id"], "n3").stdout)
+    assert result["ok"], result
+    stdout, stderr = proc.communicate(timeout=60)
+    # The restored copy on n3 loaded the checkpoint code, and still nothing of gRPC.
+    assert (stdout, proc.returncode) == (b"start n2 []\nend n3 [] True\n", 0), stderr
+
+
 def test_unpicklable_state_refuses_the_move_and_the_task_goes_on(shared_rig3: LocalRig, tmp_path: Path) -> None:
     write(tmp_path / "job.py", """
         import socket, time
@@ -180,9 +208,9 @@ def test_a_task_without_safe_points_cannot_move(shared_rig3: LocalRig, tmp_path:
 def test_only_the_owner_may_move_a_task(shared_rig3: LocalRig, tmp_path: Path) -> None:
     import grpc
 
-    from mosixd.auth import load_key, open_channel
     from mosixd.wire import mosix_pb2 as pb
     from mosixd.wire import mosix_pb2_grpc as rpc
+    from mosixd.wire.auth import load_key, open_channel
 
     write(tmp_path / "job.py", COUNTER.format(steps=40, pause=0.05))
     proc = start(shared_rig3, tmp_path, "job.py")

@@ -1,4 +1,4 @@
-"""Tests for mosixd.migration: the sans-IO state machine of one move, with explicit clocks."""
+"""Tests for mosixd.core.migration: the sans-IO state machine of one move, with explicit clocks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mosixd.migration import (
+from mosixd.core.migration import (
     EndSourceCopy, FinishTransfer, Migration, MigrationPlan, MigrationState, NotifyHome,
     ReleaseTarget, Report, RequestFreeze, ReserveTarget, ResumeSource, SendChunk,
     StartOnTarget,

@@ -16,7 +16,7 @@ import types
 import pytest
 from rich.console import Console
 
-from mosrun import mosmon
+from mosrun.commands import mosmon
 
 GiB = 2**30
 
@@ -136,8 +136,8 @@ class FakeClientError(Exception):
 
 @pytest.fixture
 def fake_client(monkeypatch):
-    """A stand-in for mosrun.client whose open() yields a connection serving SNAP."""
-    fake = types.ModuleType("mosrun.client")
+    """A stand-in for mosrun.commands.client whose open() yields a connection serving SNAP."""
+    fake = types.ModuleType("mosrun.commands.client")
     fake.ClientError = FakeClientError
     fake.add_target_options = lambda parser, local=False: (
         parser.add_argument("--node"), parser.add_argument("--key"),
@@ -151,9 +151,9 @@ def fake_client(monkeypatch):
         yield types.SimpleNamespace(cluster_status=lambda: fake.result)
 
     fake.open = open_
-    import mosrun
-    monkeypatch.setitem(sys.modules, "mosrun.client", fake)
-    monkeypatch.setattr(mosrun, "client", fake, raising=False)
+    import mosrun.commands
+    monkeypatch.setitem(sys.modules, "mosrun.commands.client", fake)
+    monkeypatch.setattr(mosrun.commands, "client", fake, raising=False)
     return fake
 
 

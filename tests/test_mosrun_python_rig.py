@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, LocalRig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]

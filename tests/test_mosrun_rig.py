@@ -15,7 +15,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from conftest import BIN, LocalRig, gone, start_rig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
@@ -199,7 +198,7 @@ class FakeHome:
     """A home daemon's session socket, speaking just enough of the protocol to run mosrun."""
 
     def __init__(self, tmp_path: Path, stdout: Any = subprocess.PIPE) -> None:
-        from mosrun import frames
+        from mosrun.runtime import frames
 
         self.frames = frames
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -225,7 +224,7 @@ class FakeHome:
 
     def connect(self, kind: str, epoch: int = 0, token: bytes | None = None) -> tuple[socket.socket, bytes]:
         """Open one stream as a node would; returns it and mosrun's answer (b"" if refused)."""
-        from mosrun.dataplane import greeting
+        from mosrun.runtime.frames import greeting
 
         sock = socket.create_connection(self.address, timeout=20)
         sock.sendall(greeting("n1.1.1", epoch, kind, self.token if token is None else token))

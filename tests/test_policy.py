@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from mosixd.gossip import NodeState, NodeView
-from mosixd.loadvector import LoadVector
-from mosixd.policy import (MIB, Choice, JobRequest, NoRoom, Placement, admit, cost_base,
-                           cpu_cost, cpu_marginal_cost, marginal_cost, node_cost,
-                           opportunity_cost)
+from mosixd.core.gossip import NodeState, NodeView
+from mosixd.core.loadvector import LoadVector
+from mosixd.core.policy import (MIB, Choice, JobRequest, NoRoom, Placement, admit, cost_base,
+                                cpu_cost, cpu_marginal_cost, marginal_cost, node_cost,
+                                opportunity_cost)
 
 GIB_MB = 8192
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from mosixd.gossip import NodeState, NodeView
-from mosixd.loadvector import LoadVector
-from mosixd.policy import MIB
-from mosixd.rebalance import MoveDecision, Rebalancer, RunningTask
+from mosixd.core.gossip import NodeState, NodeView
+from mosixd.core.loadvector import LoadVector
+from mosixd.core.policy import MIB
+from mosixd.core.rebalance import MoveDecision, Rebalancer, RunningTask
 
 GIB_MB = 8192
 

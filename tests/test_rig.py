@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import BIN, LocalRig, free_port, gone, start_rig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
@@ -152,7 +151,7 @@ def test_a_late_node_naming_one_seed_is_known_to_all(rig3: LocalRig, tmp_path: P
 
 
 def test_host_load_source_shows_real_cpu_demand(tmp_path: Path) -> None:
-    from mosixd.auth import generate_key
+    from mosixd.wire.auth import generate_key
 
     key = tmp_path / "k"
     generate_key(key)

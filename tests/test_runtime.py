@@ -1,7 +1,7 @@
 """The task runtime and the home file proxy, without a daemon.
 
-The test plays both the daemon and mosrun: it starts ``runtime.py`` in an empty scratch
-directory with one end of a socket pair, and serves the frames from the other end with a real
+The test plays both the daemon and mosrun: it starts ``mosrun/runtime/launch.py`` in an empty
+scratch directory with one end of a socket pair, and serves the frames from the other end with a real
 ``HomeFiles`` over the home directory. Each program is also run by plain python in the home
 directory, and the two runs must agree byte for byte: stdout, stderr, exit status, and the
 files left at home.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from mosrun import frames
-from mosrun.homefs import HomeFiles
+from mosrun.commands.homefs import HomeFiles
+from mosrun.runtime import frames
 
-RUNTIME = Path(frames.__file__).resolve().parent / "runtime.py"
+RUNTIME = Path(frames.__file__).resolve().parent / "launch.py"
 PYTHON = os.environ.get("MOSRUN_TEST_PYTHON", sys.executable)  # any python >= 3.11 to try
 TIMEOUT = 30
 
@@ -298,7 +298,7 @@ def test_program_runs_as_at_home(tmp_path: Path, name: str) -> None:
     if name in expected:
         assert run.code == expected[name]
     if name.startswith("raise"):
-        assert b"runtime.py" not in run.err and b"proxy" not in run.err
+        assert b"mosrun/runtime" not in run.err and b"proxy" not in run.err
         assert b"    return " in run.err  # source lines came from home
 
 
@@ -390,7 +390,7 @@ def test_environment_and_path_are_the_users(tmp_path: Path) -> None:
         import os, sys
         print(sorted(k for k in os.environ if k.startswith("MOSIX")))
         print([p for p in sys.path if p.endswith("mosrun")])
-        print(sys.modules["mosrun.runtime"].__name__, "mosrun.proxyfs" in sys.modules)
+        print(sys.modules["mosrun.runtime.launch"].__name__, "mosrun.runtime.proxy" in sys.modules)
         import mosrun  # found even where this interpreter does not have it installed
         print(mosrun.__name__)
         """
@@ -683,7 +683,7 @@ def test_homefiles_operations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     files.close_all()
     assert files.handle({"t": "fs", "op": "read", "h": h, "n": 1}, b"")[0]["errno"] == errno.EBADF
     # Big directories are listed in pages.
-    monkeypatch.setattr("mosrun.homefs.LIST_PAGE", 64)
+    monkeypatch.setattr("mosrun.commands.homefs.LIST_PAGE", 64)
     for i in range(30):
         (tmp_path / f"name{i:02}").touch()
     names, start = [], 0
@@ -693,7 +693,7 @@ def test_homefiles_operations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         names += data.split(b"\0")[:-1]
         start = reply["next"]
     assert sorted(names) == sorted(os.fsencode(n) for n in os.listdir(tmp_path))
-    monkeypatch.setattr("mosrun.homefs.MODULE_INDEX_LIMIT", 5)
+    monkeypatch.setattr("mosrun.commands.homefs.MODULE_INDEX_LIMIT", 5)
     (tmp_path / "mod.py").touch()
     assert files.handle({"t": "fs", "op": "modules", "dir": str(tmp_path)}, b"")[0]["big"]
     assert files.handle({"t": "fs", "op": "find", "dir": str(tmp_path), "name": "mod"},

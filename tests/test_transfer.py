@@ -1,4 +1,4 @@
-"""The direct checkpoint stream of a move (mosrun.transfer), over real loopback sockets."""
+"""The direct checkpoint stream of a move (mosrun.runtime.transfer), over real loopback sockets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mosrun import checkpoint as ck
-from mosrun import transfer
-from mosrun.task import ResumableState
+from mosrun.runtime import checkpoint as ck
+from mosrun.runtime import transfer
+from mosrun.runtime.task import ResumableState
 
 TOKEN = os.urandom(transfer.TOKEN_SIZE)
 

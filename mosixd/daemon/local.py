@@ -1,0 +1,206 @@
+"""``mosixd --local N``: N real node processes on 127.0.1.1..N, supervised by this process.
+
+Each node gets its own state directory, Unix socket and config file (so a node that was
+killed can be restarted by hand with ``mosixd --config <dir>/nK/mosix.toml``), a share of the
+CPUs, and the ``tasks`` load source, because the nodes share one host. The cluster is
+described in a registry file that clients read to find it without flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mosixd.settings.config import DEFAULT_PORT
+from mosixd.settings.registry import REGISTRY, read_registry, runtime_dir
+
+MAX_LOCAL_NODES = 254
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """How one node of a local cluster is started."""
+
+    id: str
+    host: str
+    port: int
+    peers: tuple[str, ...]
+    load_source: str = "tasks"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def argv(self, *, state_dir: str, key_file: str, socket: str) -> list[str]:
+        """The per-node mosixd flags."""
+        return ["--id", self.id, "--listen", self.address, "--peers", ",".join(self.peers),
+                "--load-source", self.load_source, "--state-dir", state_dir,
+                "--key-file", key_file, "--socket", socket]
+
+
+def plan_cluster(n: int, port: int = DEFAULT_PORT) -> list[NodePlan]:
+    """Nodes n1..nN on 127.0.1.1..N, each told about all the others."""
+    hosts = [f"127.0.1.{i}" for i in range(1, n + 1)]
+    return [
+        NodePlan(id=f"n{i}", host=hosts[i - 1], port=port,
+                 peers=tuple(f"{h}:{port}" for h in hosts if h != hosts[i - 1]))
+        for i in range(1, n + 1)
+    ]
+
+
+def _die_with_parent() -> None:
+    """In a node process: get SIGTERM if the supervisor dies, even by kill -9 (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _check_free(plans: list[NodePlan]) -> str | None:
+    for plan in plans:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # Like the gRPC server itself: TIME-WAIT leftovers of a previous run are no conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((plan.host, plan.port))
+            except OSError as exc:
+                return f"cannot use {plan.address} for {plan.id}: {exc.strerror}"
+    return None
+
+
+def _free_common_port(n: int, tries: int = 50) -> int:
+    """A port free on all of 127.0.1.1..n (for clusters whose port does not matter)."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.1.1", 0))
+            port = probe.getsockname()[1]
+        if _check_free(plan_cluster(n, port)) is None:
+            return port
+    return DEFAULT_PORT
+
+
+def cpuset_for(index: int, n: int, host_cpus: int) -> tuple[int, ...]:
+    """The host CPUs of local node ``index`` (0-based) of ``n``: each node its own share."""
+    if n >= host_cpus:
+        return (index % host_cpus,)
+    return tuple(range(index, host_cpus, n))
+
+
+def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path,
+                       cpus: int, cpuset: tuple[int, ...], speed: float, extra: dict[str, Any]) -> None:
+    lines = [
+        "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'socket = "{sock}"',
+        f'state_dir = "{state_dir}"', f'key_file = "{key_file}"',
+        "peers = [" + ", ".join(f'"{p}"' for p in plan.peers) + "]",
+        "[load]", f'source = "{plan.load_source}"', f"cpus = {cpus}", f"speed = {speed:.4f}",
+        "cpuset = [" + ", ".join(map(str, cpuset)) + "]",
+        "[gossip]", *(f"{k} = {v}" for k, v in extra.items() if v is not None and k != "balance"),
+    ]
+    if extra.get("balance") is False:
+        lines += ["[policy]", "balance = false"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_local(args: argparse.Namespace) -> int:
+    """Start the cluster, print it, wait for Ctrl-C/SIGTERM, stop every node. Exit code."""
+    from mosixd.daemon.load import calibrate_speed, detect_cpus
+    from mosixd.wire.auth import generate_key
+
+    n, port = args.local, DEFAULT_PORT if args.port is None else args.port
+    if not 1 <= n <= MAX_LOCAL_NODES:
+        print(f"mosixd: --local takes 1..{MAX_LOCAL_NODES} nodes, got {n}", file=sys.stderr)
+        return 2
+    root = runtime_dir()
+    running = read_registry(root)
+    if running:
+        print(f"mosixd: a local cluster is already running (pid {running['pid']}, {root}); stop it first",
+              file=sys.stderr)
+        return 1
+    if port == 0:
+        port = _free_common_port(n)
+    plans = plan_cluster(n, port)
+    if problem := _check_free(plans):
+        print(f"mosixd: {problem}", file=sys.stderr)
+        return 1
+    cluster_dir = root / "local"
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    key_file = cluster_dir / "cluster.key"
+    generate_key(key_file)
+    speed = args.speed or calibrate_speed()  # once, not N times on a shared host
+    extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after,
+             "balance": args.balance}
+    nodes: list[dict[str, Any]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    host_cpus = detect_cpus()
+    for index, plan in enumerate(plans):
+        node_dir = cluster_dir / plan.id
+        node_dir.mkdir(exist_ok=True)
+        sock, config = node_dir / "mosixd.sock", node_dir / "mosix.toml"
+        _write_node_config(config, plan, state_dir=node_dir, key_file=key_file, sock=sock,
+                           cpus=args.cpus or len(cpuset_for(index, n, host_cpus)),
+                           cpuset=cpuset_for(index, n, host_cpus), speed=speed, extra=extra)
+        cmd = [sys.executable, "-m", "mosixd", "--config", str(config)]
+        if args.log_level:
+            cmd += ["--log-level", args.log_level]
+        if args.no_uvloop:
+            cmd.append("--no-uvloop")
+        procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
+        nodes.append({"id": plan.id, "address": plan.address, "socket": str(sock),
+                      "session": str(sock.with_name("mosrun.sock")), "pid": procs[-1].pid,
+                      "state_dir": str(node_dir), "config": str(config)})
+    registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes}
+    registry_path = root / REGISTRY
+    tmp = registry_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(registry, indent=2))
+    os.replace(tmp, registry_path)
+    print(f"mosix local cluster: {n} node(s), key {key_file}", flush=True)
+    for node in nodes:
+        print(f"  {node['id']}  {node['address']}  pid {node['pid']}  socket {node['socket']}", flush=True)
+    print("stop with Ctrl-C", flush=True)
+    return _supervise(procs, nodes, registry_path)
+
+
+def _supervise(procs: list[subprocess.Popen[bytes]], nodes: list[dict[str, Any]], registry: Path) -> int:
+    stop = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reported: set[int] = set()
+    try:
+        while not stop:
+            for proc, node in zip(procs, nodes):
+                code = proc.poll()
+                if code is not None and proc.pid not in reported:
+                    reported.add(proc.pid)
+                    print(f"mosixd: node {node['id']} exited with code {code}", file=sys.stderr, flush=True)
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5.0
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        registry.unlink(missing_ok=True)
+    print("mosix local cluster stopped", flush=True)
+    return 0

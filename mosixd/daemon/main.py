@@ -1,0 +1,111 @@
+"""``mosixd``: run one node daemon, or ``mosixd --local N`` for an N-node cluster on this host.
+
+Exit codes: 0 clean stop; 1 cannot start (port in use, socket taken, state dir unusable);
+2 bad configuration, flags or key file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from mosixd.settings.config import ConfigError, load_config
+from mosixd.wire.auth import KeyFileError, load_key
+
+EXIT_START = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The mosixd command line; every node flag overrides the matching config-file key."""
+    p = argparse.ArgumentParser(prog="mosixd", description="mosix node daemon")
+    p.add_argument("--config", type=Path, help="TOML config file (default /etc/mosix/mosix.toml if present)")
+    p.add_argument("--id", dest="node_id", help="node id (default: host name)")
+    p.add_argument("--listen", help="HOST:PORT for peers (default 0.0.0.0:7410)")
+    p.add_argument("--advertise", help="HOST:PORT peers use to reach this node")
+    p.add_argument("--socket", help="Unix socket for local clients (default /run/mosix/mosixd.sock)")
+    p.add_argument("--state-dir", help="state directory (default /var/lib/mosix)")
+    p.add_argument("--key-file", help="cluster key file (default /etc/mosix/cluster.key)")
+    p.add_argument("--peers", help="comma-separated HOST:PORT of peers to join through")
+    p.add_argument("--load-source", help="host (whole machine) or tasks (only this node's tasks)")
+    p.add_argument("--cpus", type=int, help="CPUs to report (default: detect)")
+    p.add_argument("--cpuset", help="comma-separated CPU numbers the node's tasks are pinned to")
+    p.add_argument("--speed", type=float, help="speed relative to the standard CPU (default: calibrate)")
+    p.add_argument("--gossip-interval", type=float, help="seconds between gossip rounds (default 1)")
+    p.add_argument("--window", type=int, help="gossip entries per exchange (default 20)")
+    p.add_argument("--down-after", type=float, help="seconds of silence before a node is down (default 5)")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--no-balance", dest="balance", action="store_const", const=False, default=None,
+                   help="never move tasks automatically (manual migrate still works)")
+    p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
+    p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
+    p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
+    return p
+
+
+_OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
+              "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance")
+
+
+def setup_logging(level: str, name: str) -> None:
+    # Under systemd the journal stamps each line itself (it sets JOURNAL_STREAM).
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"{stamp}mosixd[{name}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
+    """Run one node until SIGTERM/SIGINT; returns the exit code."""
+    from mosixd.daemon.node import NodeDaemon, StartupError, next_generation
+
+    config = load_config(config_path, overrides)
+    setup_logging(config.log_level, config.node_id)
+    key = load_key(config.key_file)
+    try:
+        generation = next_generation(config.state_dir)
+        node = NodeDaemon(config, key, generation=generation)
+        await node.start()
+    except StartupError as exc:
+        print(f"mosixd: {exc}", file=sys.stderr)
+        return EXIT_START
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop()))
+    await node.wait_stopped()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.local is not None:
+        from mosixd.daemon.local import run_local
+
+        return run_local(args)
+    overrides = {name: getattr(args, name) for name in _OVERRIDES}
+    try:
+        coro = serve(args.config, overrides)
+        if args.no_uvloop:
+            return asyncio.run(coro)
+        import uvloop
+
+        return uvloop.run(coro)
+    except ConfigError as exc:
+        print(f"mosixd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyFileError as exc:
+        print(f"mosixd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The node daemon: drives the gossip core and load sampler on a clock and puts them on gRPC.
+
+All decisions live in the sans-IO cores; this module only runs loops, opens channels, binds
+sockets and turns failures into one clear log line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import platform
+import random
+import socket
+import time
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterable
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mosixd.core.gossip import Entry, GossipConfig, GossipView, NodeState, NodeView
+from mosixd.core.policy import Placement
+from mosixd.core.rebalance import MoveDecision, Rebalancer
+from mosixd.daemon.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
+from mosixd.daemon.service import add_services
+from mosixd.home.context import HomeNode
+from mosixd.home.sessions import HomeSessions
+from mosixd.host.spawner import Spawner
+from mosixd.host.tasks import TaskTable
+from mosixd.settings.config import Config
+from mosixd.wire import codec
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+from mosixd.wire.auth import ServerAuthInterceptor, open_aio_channel
+
+log = logging.getLogger("mosixd")
+
+SAMPLE_INTERVAL = 1.0
+BALANCE_INTERVAL = 1.0
+SERVER_OPTIONS = [
+    # Two daemons must never share a port silently.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.http2.max_frame_size", 4 * 1024 * 1024),
+]
+
+
+class StartupError(Exception):
+    """The daemon cannot start (port in use, socket taken, state dir unusable): one line."""
+
+
+def next_generation(state_dir: Path) -> int:
+    """Count restarts in the state dir so peers can tell a new life from stale gossip."""
+    path = state_dir / "generation"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        previous = int(path.read_text().strip() or 0) if path.exists() else 0
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{previous + 1}\n")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"state dir {state_dir} is not usable: {exc}") from None
+    return previous + 1
+
+
+def build_sampler(config: Config, task_pids: Callable[[], Iterable[int]],
+                  task_counts: Callable[[], tuple[int, int]]) -> LoadSampler:
+    """A load sampler for this node's load source, CPUs and speed (calibrated if not set)."""
+    source = HostLoadSource() if config.load_source == "host" else TaskLoadSource(task_pids)
+    speed = config.speed or calibrate_speed()
+    return LoadSampler(source, cpus=config.cpus or detect_cpus(), speed=speed, task_counts=task_counts)
+
+
+class NodeDaemon:
+    """One mosix node: gossip, load sampling, and the gRPC servers for peers and clients."""
+
+    def __init__(self, config: Config, key: bytes, *, generation: int, sampler: LoadSampler | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.generation = generation
+        self.python = platform.python_version()
+        self._key = key
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.spawner = Spawner()
+        self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
+                               blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
+                               host=config.advertise.rpartition(":")[0])
+        self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
+        self.placement = Placement()
+        self.rebalancer = Rebalancer(rng=self._rng)
+        self.home = HomeSessions(HomeNode(
+            node_id=config.node_id, generation=generation, python=self.python,
+            streams_host=config.advertise.rpartition(":")[0].strip("[]"), state_dir=config.state_dir,
+            placement=self.placement, now=self.now, cluster_view=self.cluster_view, channel=self.channel))
+        now = clock()
+        self.view = GossipView(
+            config.node_id, config.advertise,
+            GossipConfig(interval=config.gossip_interval, window=config.window, down_after=config.down_after,
+                         suspect_after=min(2.5 * config.gossip_interval, 0.6 * config.down_after)),
+            now, generation=generation, load=self._sampler.sample(now), rng=self._rng,
+        )
+        for peer in config.peers:
+            if peer != config.advertise:
+                self.view.add_seed(peer)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unreachable: set[str] = set()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
+        self.tcp_port: int | None = None
+
+    # ---- what the servicers call ----------------------------------------------------
+
+    def exchange(self, entries: list[Entry]) -> pb.GossipMessage:
+        """Merge a peer's window and answer with ours (push-pull)."""
+        now = self._clock()
+        self.view.receive(entries, now)
+        return codec.gossip_message(self.node_id, self.config.advertise, self.view.outgoing(now))
+
+    def cluster_view(self) -> list[NodeView]:
+        return self.view.view(self._clock())
+
+    def task_list(self) -> list[pb.TaskInfo]:
+        """mosps: the tasks this node owns (wherever they run) and the tasks it runs."""
+        infos: dict[str, pb.TaskInfo] = {}
+        for t in self.tasks.tasks.values():
+            infos[t.spec.task_id] = pb.TaskInfo(
+                id=t.spec.task_id, user=t.spec.user, home=t.spec.home, where=self.node_id, state="running",
+                started=t.started, cpu=t.cpu, rss=t.rss, command=" ".join(t.spec.argv), pid=t.pid)
+        for r in self.home.records.values():
+            hosted = infos.get(r.id)
+            infos[r.id] = pb.TaskInfo(
+                id=r.id, user=r.user, home=self.node_id, where=r.where, state=r.state, started=r.started,
+                cpu=hosted.cpu if hosted else r.cpu, rss=hosted.rss if hosted else r.rss,
+                command=r.command, pid=r.pid)
+        return sorted(infos.values(), key=lambda i: i.started)
+
+    async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
+                        send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        """Run a task for its home, on the stream it opened (see ``TaskTable.execute``)."""
+        await self.tasks.execute(requests, send)
+
+    async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply:
+        """Move a task: done by its home node (named by the task id), so forward if need be."""
+        home = request.task_id.split(".", 1)[0]
+        if home == self.node_id or not home:
+            return await self.home.mover.migrate(request.task_id, request.target, request.uid)
+        view = next((v for v in self.cluster_view() if v.id == home), None)
+        if view is None or view.state is NodeState.DOWN:
+            return pb.MigrateReply(ok=False, message=f"the home node {home} of task {request.task_id} is not reachable")
+        try:
+            return await rpc.AdminStub(self.channel(view.address)).Migrate(request, timeout=120)
+        except grpc.aio.AioRpcError as exc:
+            return pb.MigrateReply(ok=False, message=f"home node {home}: {exc.details()}")
+
+    def _own(self) -> NodeView:
+        return self.view.view(self._clock())[0]
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def session_socket(self) -> Path:
+        """Where mosrun connects: beside the daemon's gRPC socket."""
+        return self.config.socket.with_name("mosrun.sock")
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The (cached) authenticated channel to a peer daemon."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = open_aio_channel(address, self._key, self.node_id)
+        return channel
+
+    def set_blocked(self, blocked: bool) -> NodeView:
+        now = self._clock()
+        self.view.set_blocked(blocked, now)
+        log.info("node %s", "blocked: guests refused" if blocked else "no longer blocked")
+        return self.view.view(now)[0]
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the TCP and Unix-socket listeners and start the loops."""
+        self.spawner.start()
+        server = grpc.aio.server(interceptors=[ServerAuthInterceptor(self._key)], options=SERVER_OPTIONS)
+        add_services(server, self)
+        health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self.tcp_port = self._bind_tcp(server)
+        self._bind_unix(server)
+        await server.start()
+        self._server = server
+        await self.home.start(self.session_socket)
+        await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
+        self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self._gossip_loop())]
+        if self.config.balance:
+            self._tasks.append(asyncio.create_task(self._balance_loop()))
+        log.info("node %s up on %s (socket %s), generation %d, %d peer(s) to contact",
+                 self.node_id, self.config.advertise, self.config.socket,
+                 self.view.view(self._clock())[0].generation, len(self.config.peers))
+
+    def _bind_tcp(self, server: grpc.aio.Server) -> int:
+        try:
+            port = server.add_insecure_port(self.config.listen)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise StartupError(f"cannot listen on {self.config.listen}: {_bind_reason(self.config.listen)}")
+        return port
+
+    def _bind_unix(self, server: grpc.aio.Server) -> None:
+        path = self.config.socket
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
+        if path.exists():
+            if _socket_in_use(path):
+                raise StartupError(f"another mosixd is already serving {path}")
+            path.unlink()  # stale, left by a daemon that was killed
+        try:
+            ok = server.add_insecure_port(f"unix:{path}")
+        except RuntimeError:
+            ok = 0
+        if not ok:
+            raise StartupError(f"cannot listen on the Unix socket {path}")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Tell peers we leave, stop the server, remove the socket."""
+        if self._stopped.is_set():
+            return
+        for task in self._tasks:
+            task.cancel()
+        await self.home.stop()
+        now = self._clock()
+        leaving = codec.gossip_message(self.node_id, self.config.advertise, self.view.leave(now))
+        targets = self.view.leave_targets(now)
+        if targets:
+            await asyncio.gather(*(self._send(t, leaving, timeout=0.5) for t in targets), return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(grace)
+        for channel in self._channels.values():
+            await channel.close()
+        for path in (self.config.socket, self.session_socket):
+            path.unlink(missing_ok=True)
+        self.spawner.stop()
+        log.info("node %s stopped; told %d peer(s)", self.node_id, len(targets))
+        self._stopped.set()
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            now = self._clock()
+            try:
+                vector = await asyncio.to_thread(self._sampler.sample, now)
+            except Exception:  # a psutil hiccup must not stop the node
+                log.exception("load sampling failed")
+                continue
+            self.view.set_load(vector, self._clock())
+            self.placement.observe(self.cluster_view(), self._clock())
+
+    async def _balance_loop(self) -> None:
+        """Preemptive migration: once a second, maybe move one of the tasks running here."""
+        while True:
+            await asyncio.sleep(BALANCE_INTERVAL * self._rng.uniform(0.9, 1.1))
+            now = self._clock()
+            decision = self.rebalancer.decide(self.node_id, self.cluster_view(), self.tasks.running(now), now)
+            if decision is not None:
+                task = asyncio.create_task(self._auto_move(decision))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _auto_move(self, decision: MoveDecision) -> None:
+        log.info("balancing: moving %s to %s (%s)", decision.task_id, decision.target, decision.reason)
+        reply = await self.migrate(pb.MigrateRequest(task_id=decision.task_id, target=decision.target, uid=0))
+        if reply.ok:
+            self.rebalancer.observe_transfer(reply.state_bytes, reply.transfer_seconds)
+            self.rebalancer.moved(decision, self._clock())
+        else:
+            log.info("balancing: %s", reply.message)
+            self.rebalancer.failed(decision, self._clock())
+
+    async def _gossip_loop(self) -> None:
+        interval = self.config.gossip_interval
+        while True:
+            # Jitter keeps nodes started together from gossiping in lock-step.
+            await asyncio.sleep(interval * self._rng.uniform(0.9, 1.1))
+            now = self._clock()
+            for target in self.view.choose_targets(now):
+                task = asyncio.create_task(self._gossip_with(target, timeout=max(0.2, min(interval, 1.0))))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _gossip_with(self, address: str, timeout: float) -> None:
+        message = codec.gossip_message(self.node_id, self.config.advertise, self.view.outgoing(self._clock()))
+        try:
+            reply = await self._send(address, message, timeout=timeout)
+            entries = codec.entries_from_message(reply)
+        except (grpc.aio.AioRpcError, codec.MalformedMessage) as exc:
+            self.view.contact_failed(address, self._clock())
+            self._report_unreachable(address, exc)
+            return
+        now = self._clock()
+        self.view.receive(entries, now)
+        self.view.contact_succeeded(address, now)
+        if address in self._unreachable:
+            self._unreachable.discard(address)
+            log.info("peer %s reachable again", address)
+
+    async def _send(self, address: str, message: pb.GossipMessage, timeout: float) -> pb.GossipMessage:
+        return await rpc.GossipStub(self.channel(address)).Exchange(message, timeout=timeout)
+
+    def _report_unreachable(self, address: str, exc: Exception) -> None:
+        if address in self._unreachable:
+            return  # said once; the core retries with backoff
+        self._unreachable.add(address)
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            log.error("peer %s refused our cluster key: %s", address, exc.details())
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            log.warning("peer %s unreachable (%s); retrying with backoff", address, exc.code().name.lower())
+        else:
+            log.warning("peer %s sent a malformed reply (%s); retrying with backoff", address, exc)
+
+
+async def _maybe_await(value: object) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+def _socket_in_use(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _bind_reason(address: str) -> str:
+    """Why binding failed, asked of the OS directly (grpc only says it failed)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "address already in use (is another mosixd running?)"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return "no such local address"
+            return exc.strerror or str(exc)
+    return "the gRPC server refused the address"

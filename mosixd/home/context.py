@@ -1,0 +1,36 @@
+"""What the home side of tasks needs of the node it runs in: a narrow view, not the daemon.
+
+The daemon builds one :class:`HomeNode` and hands it to the sessions, the mover and the
+checkpoint keeper, so none of them imports the daemon (and tests can build one by hand).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc.aio
+
+from mosixd.core.gossip import NodeView
+from mosixd.core.policy import Placement
+
+
+@dataclass(frozen=True)
+class HomeNode:
+    """This node, as its tasks' home sees it."""
+
+    node_id: str
+    generation: int            # task ids carry it, so a restarted node never reuses one
+    python: str                # this node's Python version: a Python task needs the same
+    streams_host: str          # this node's own address: mosrun takes its task's streams there
+    state_dir: Path            # checkpoints kept at home live under it
+    placement: Placement       # the node's placement, shared with its other users
+    now: Callable[[], float]                          # the node's monotonic clock
+    cluster_view: Callable[[], list[NodeView]]        # the gossip view, this node first
+    channel: Callable[[str], grpc.aio.Channel]        # the authenticated channel to a peer
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where ``mosrun -A`` checkpoints are kept."""
+        return self.state_dir / "checkpoints"

@@ -1,0 +1,147 @@
+"""Keeping a task safe at home: its checkpoints, and its restart when its node dies.
+
+With ``mosrun -A SECONDS`` the home node checkpoints the task every so often and keeps the
+newest few under its state directory; when the node running the task dies, it restarts the
+task from the newest one on the best other node (a failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mosixd.core.policy import JobRequest, NoRoom
+from mosixd.home.context import HomeNode
+from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+from mosrun.runtime import transfer
+from mosrun.runtime.checkpoint import checkpoint_path, keep_last, list_checkpoints
+
+log = logging.getLogger("mosixd.home.keeper")
+
+FREEZE_TIMEOUT = 30.0     # a task that reaches no safe point in this long is not checkpointed
+RESERVE_TIMEOUT = 20.0    # a target starts a warm interpreter before it answers
+START_TIMEOUT = 30.0      # ... and has the checkpoint and runs it
+KEEP_CHECKPOINTS = 3
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointKeeper:
+    """Stored checkpoints and failover of the tasks whose home is this node."""
+
+    def __init__(self, node: HomeNode) -> None:
+        self._node = node
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self._node.checkpoint_dir
+
+    def forget(self, task_id: str) -> None:
+        """A task ended: its checkpoints are of no more use."""
+        for old in list_checkpoints(self.checkpoint_dir, task_id):
+            old.unlink(missing_ok=True)
+
+    async def store_checkpoints(self, live: LiveTask) -> None:
+        """mosrun -A: every so often, checkpoint the task to this (home) node."""
+        while True:
+            await asyncio.sleep(live.spec.checkpoint_every)
+            if not live.movable or live.freeze_lock.locked():
+                continue
+            async with live.freeze_lock:
+                live.move_events = asyncio.Queue()
+                try:
+                    await self._store_one(live)
+                except OSError as exc:  # a full disk must not end the task
+                    log.warning("task %s: checkpoint not stored: %s", live.spec.task_id, exc)
+                finally:
+                    live.move_events = None
+
+    async def _store_one(self, live: LiveTask) -> None:
+        assert live.move_events is not None
+        live.freezes += 1
+        freeze_id, epoch = live.freezes, live.spec.epoch + live.freezes
+        directory = self.checkpoint_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        final = checkpoint_path(directory, live.spec.task_id, epoch)
+        tmp = final.with_name(f".{final.name}.tmp")
+        await live.write(pb.HomeMessage(freeze=pb.Freeze(id=freeze_id)))
+        try:
+            with open(tmp, "wb") as out:
+                while True:
+                    event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
+                    kind = event.WhichOneof("kind") if event is not None else None
+                    if kind == "checkpoint":
+                        out.write(event.checkpoint)
+                    elif kind == "frozen":
+                        out.flush()
+                        os.fsync(out.fileno())
+                        break
+                    else:
+                        log.info("task %s: no checkpoint this time (%s)", live.spec.task_id,
+                                 event.freeze_failed if kind == "freeze_failed" else "its node is gone")
+                        return
+            os.replace(tmp, final)
+            _fsync_dir(directory)
+            keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
+        except TimeoutError:
+            log.warning("task %s: checkpoint timed out", live.spec.task_id)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(*CALL_ERRORS):
+                await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+
+    async def failover(self, live: LiveTask, send: Any) -> bool:
+        """The node running the task is gone: restart it elsewhere from its latest checkpoint."""
+        files = list_checkpoints(self.checkpoint_dir, live.spec.task_id) if live.spec.checkpoint_every else []
+        if not files:
+            return False
+        latest, dead = files[-1], live.node_id
+        stored_at = time.strftime("%H:%M:%S", time.localtime(latest.stat().st_mtime))
+        spec = pb.TaskSpec()
+        spec.CopyFrom(live.spec)
+        spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
+        spec.incoming_bytes = latest.stat().st_size
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        try:
+            choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])
+        except NoRoom:
+            return False
+        for choice in choices:
+            call = rpc.HostStub(self._node.channel(choice.address)).Execute()
+            answer = await exchange(call, pb.HomeMessage(reserve=spec), "reserved", RESERVE_TIMEOUT)
+            why = answer if isinstance(answer, str) else None
+            if not isinstance(answer, str):
+                try:
+                    await asyncio.to_thread(transfer.send_file, answer.reserved.checkpoint_to,
+                                            answer.reserved.token, latest)
+                except (transfer.TransferError, OSError) as exc:
+                    why = str(exc)
+            if why is None:
+                answer = await exchange(call, pb.HomeMessage(start=spec), "started", START_TIMEOUT)
+                why = answer if isinstance(answer, str) else None
+            if why is not None:
+                log.info("task %s: %s cannot take it over: %s", live.spec.task_id, choice.node_id, why)
+                call.cancel()
+                continue
+            live.call.cancel()
+            live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
+            live.spec.epoch = spec.epoch
+            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} was lost; "
+                                               f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})
+            log.info("task %s: restarted on %s from %s after %s was lost", live.spec.task_id, choice.node_id,
+                     latest.name, dead)
+            return True
+        return False

@@ -1,0 +1,345 @@
+"""The home node's side of a task: the session with the user's mosrun, placement, and the
+control stream to wherever the task runs.
+
+mosrun connects to the session socket (beside the daemon's gRPC socket) and speaks frames
+(``mosrun.runtime.frames``). The kernel tells us who is connecting (SO_PEERCRED), so the task's owner
+is known without any key. Frames:
+
+  daemon -> mosrun  hello {task, host}: the task's id, and this node's address, where mosrun
+                    takes the task's streams (``mosrun.commands.dataplane``)
+  mosrun -> daemon  launch {argv, executable, python, python_options, python_args, env, cwd,
+                            umask, ttys, where: best|home|node, node, memory_mb, queue, job_name,
+                            streams_to: "host:port", streams_token: hex}
+                    stdin (payload), stdin_eof, signal {sig}
+  daemon -> mosrun  started {task, node}, queued {reason}, stdin_ack {n}, notice {text},
+                    epoch {epoch}: the task switched to a newer copy (a move or a failover),
+                    exit {code, signal}, error {message, code}
+
+The task's stdout, stderr and file requests do not pass through here: the node running it
+connects them straight to mosrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pwd
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from mosixd.core.gossip import NodeState
+from mosixd.core.policy import JobRequest, NoRoom
+from mosixd.home.context import HomeNode
+from mosixd.home.keeper import CheckpointKeeper
+from mosixd.home.livetask import LiveTask, TaskRecord
+from mosixd.home.moves import Mover
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire import mosix_pb2_grpc as rpc
+from mosrun.runtime import frames
+
+log = logging.getLogger("mosixd.home.sessions")
+
+EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
+EXIT_LOST = 255     # the node running the task died or became unreachable
+QUEUE_RETRY = 1.0
+
+
+class LaunchError(Exception):
+    """The task cannot be started; the message is for the user."""
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock: socket.socket = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpec:
+    """Validate a launch frame; raises LaunchError naming what is wrong. ``host`` is where
+    mosrun was told to take the task's streams: a node connects nowhere else for it."""
+    try:
+        streams_to = str(header["streams_to"])
+        token = bytes.fromhex(str(header["streams_token"]))
+        port = int(streams_to.rpartition(":")[2])
+        argv = [str(a) for a in header["argv"]]
+        env = {str(k): str(v) for k, v in dict(header.get("env", {})).items()}
+        ttys = [bool(t) for t in header.get("ttys", [False] * 3)][:3] + [False] * 3
+        spec = pb.TaskSpec(
+            argv=argv, executable=str(header["executable"]), python=bool(header.get("python")),
+            python_options=[str(a) for a in header.get("python_options", [])],
+            python_args=[str(a) for a in header.get("python_args", [])], env=env,
+            cwd=str(header["cwd"]), umask=int(header.get("umask", 0o022)) & 0o777,
+            memory_mb=max(0, int(header.get("memory_mb", 0))), job_name=str(header.get("job_name", "")),
+            locked=bool(header.get("locked", False)),
+            checkpoint_every=max(0.0, float(header.get("checkpoint_every", 0.0) or 0.0)),
+            stdin_tty=ttys[0], stdout_tty=ttys[1], stderr_tty=ttys[2], uid=uid, started=time.time(),
+            streams_to=streams_to, streams_token=token,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LaunchError(f"malformed launch request ({exc!r})") from None
+    if streams_to.rpartition(":")[0].strip("[]") != host or not 0 < port < 65536 or len(token) != frames.STREAM_TOKEN_SIZE:
+        raise LaunchError(f"malformed launch request (the task's streams must come to {host})")
+    if not argv or not os.path.isabs(spec.executable) or not os.path.isabs(spec.cwd):
+        raise LaunchError("malformed launch request (empty command or relative paths)")
+    try:
+        user = pwd.getpwuid(uid)
+        spec.user, spec.gid = user.pw_name, user.pw_gid
+    except KeyError:
+        spec.user, spec.gid = str(uid), uid
+    return spec
+
+
+async def _close_gently(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 5.0) -> None:
+    """Half-close, then drain what mosrun still sends until it closes: closing a Unix socket
+    with unread data makes the peer's next read fail before it sees our last frame."""
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(timeout):
+            while await reader.read(1 << 16):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+class HomeSessions:
+    """The sessions of the tasks whose home is this node."""
+
+    def __init__(self, node: HomeNode) -> None:
+        self._node = node
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.records: dict[str, TaskRecord] = {}
+        self.live: dict[str, LiveTask] = {}
+        self.mover = Mover(node, self.live)
+        self.keeper = CheckpointKeeper(node)
+
+    async def start(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._accept, path=str(path))
+        os.chmod(path, 0o666)  # any local user may submit; the kernel tells us who they are
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.cancel()
+        if self._sessions:
+            await asyncio.wait(self._sessions, timeout=3)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._session(reader, writer)
+        except (ConnectionError, frames.ProtocolError) as exc:
+            log.info("session ended: %s", exc)
+        except Exception as exc:  # a bug must cost one session, not the daemon; say it loudly
+            log.exception("session failed")
+            with contextlib.suppress(Exception):
+                writer.write(frames.encode({"t": "error", "code": EXIT_LAUNCH,
+                                            "message": f"internal error in the home daemon: {exc!r}"}))
+                await writer.drain()
+        finally:
+            self._sessions.discard(task)
+            await _close_gently(reader, writer)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(header: dict[str, Any]) -> None:
+            writer.write(frames.encode(header))
+            await writer.drain()
+
+        task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
+        host = self._node.streams_host
+        await send({"t": "hello", "task": task_id, "host": host})
+        frame = await frames.read_frame(reader)
+        if frame is None:
+            return
+        header, _ = frame
+        try:
+            if header["t"] != "launch":
+                raise LaunchError(f"expected a launch request, got {header['t']!r}")
+            spec = _spec_from_launch(header, _peer_uid(writer), host)
+            spec.task_id, spec.home = task_id, self._node.node_id
+            spec.python_version = self._node.python if spec.python else ""
+            record = self.records[task_id] = TaskRecord(
+                id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
+            call, node_id = await self._launch(spec, header, record, send)
+            live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
+            storing = asyncio.create_task(self.keeper.store_checkpoints(live)) if spec.checkpoint_every else None
+            try:
+                record.state, record.where = "running", node_id
+                await self._relay(live, reader, send)
+            finally:
+                if storing is not None:
+                    storing.cancel()
+                    await asyncio.gather(storing, return_exceptions=True)
+                self.keeper.forget(task_id)
+                live.call.cancel()
+                if live.switch_to:
+                    live.switch_to[0].cancel()
+        except LaunchError as exc:
+            await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
+        finally:
+            self.records.pop(task_id, None)
+            self.live.pop(task_id, None)
+
+    async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
+                      send: Any) -> tuple[grpc.aio.StreamStreamCall, str]:
+        """Place the task and start it; try the next candidate when a node refuses."""
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        said_queued = False
+        while True:
+            refusals: dict[str, str] = {}
+            for node_id, address in self._candidates(header, job, refusals):
+                reservation = self._node.placement.reserve(node_id, job, self._node.now())
+                call = rpc.HostStub(self._node.channel(address)).Execute()
+                try:
+                    await call.write(pb.HomeMessage(start=spec))
+                    event = await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    self._node.placement.release(reservation)
+                    refusals[node_id] = f"unreachable ({exc.code().name.lower()})"
+                    continue
+                kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
+                if kind == "started":
+                    await send({"t": "started", "task": spec.task_id, "node": node_id, "pid": event.started.pid})
+                    record.pid = event.started.pid
+                    return call, node_id
+                self._node.placement.release(reservation)
+                call.cancel()
+                refusals[node_id] = event.refused.reason if kind == "refused" else "closed the stream"
+                if kind == "refused" and not event.refused.retry:
+                    raise LaunchError(event.refused.reason)
+            why = "; ".join(f"{n}: {r}" for n, r in refusals.items()) or "no node known"
+            if not header.get("queue"):
+                raise LaunchError(f"no node can take the task ({why})")
+            if not said_queued:
+                record.state = "queued"
+                await send({"t": "queued", "reason": why})
+                said_queued = True
+            await asyncio.sleep(QUEUE_RETRY)
+
+    def _candidates(self, header: dict[str, Any], job: JobRequest, refusals: dict[str, str]) -> list[tuple[str, str]]:
+        views = self._node.cluster_view()
+        where = header.get("where", "best")
+        if where == "home":
+            return [(views[0].id, views[0].address)]
+        if where == "node":
+            wanted = str(header.get("node", ""))
+            view = next((v for v in views if v.id == wanted or v.address == wanted), None)
+            if view is None:
+                known = ", ".join(v.id for v in views)
+                raise LaunchError(f"unknown node {wanted!r} (known: {known})")
+            if view.state is NodeState.DOWN:
+                refusals[view.id] = "down"
+                return []
+            return [(view.id, view.address)]
+        try:
+            return [(c.node_id, c.address) for c in self._node.placement.rank(views, job, self._node.now())]
+        except NoRoom as exc:
+            refusals.update(exc.reasons)
+            return []
+
+    async def _relay(self, live: LiveTask, reader: asyncio.StreamReader, send: Any) -> None:
+        upstream = asyncio.create_task(self._from_mosrun(reader, live))
+        record, spec = live.record, live.spec
+        try:
+            while True:
+                read = asyncio.ensure_future(live.call.read())
+                await asyncio.wait({read, upstream}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return  # mosrun left: the caller cancels the call, which ends the task
+                try:
+                    event = read.result()
+                except grpc.aio.AioRpcError as exc:
+                    if live.move_events is not None:
+                        live.move_events.put_nowait(None)  # the source is lost mid-move
+                    if live.switch_to is not None:
+                        await self._switch(live, send)  # the source died after the target took over
+                        continue
+                    if await self.keeper.failover(live, send):
+                        await send({"t": "epoch", "epoch": live.spec.epoch})
+                        continue
+                    await send({"t": "error", "code": EXIT_LOST,
+                                "message": f"node {record.where} running task {spec.task_id} was lost "
+                                           f"({exc.code().name.lower()})"})
+                    return
+                if event is grpc.aio.EOF:
+                    if live.switch_to is not None:
+                        await self._switch(live, send)
+                        continue
+                    if await self.keeper.failover(live, send):
+                        await send({"t": "epoch", "epoch": live.spec.epoch})
+                        continue
+                    await send({"t": "error", "code": EXIT_LOST,
+                                "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
+                    return
+                kind = event.WhichOneof("kind")
+                if kind == "stdin_ack":
+                    await send({"t": "stdin_ack", "n": event.stdin_ack})
+                elif kind == "usage":
+                    record.cpu, record.rss = event.usage.cpu, event.usage.rss
+                elif kind == "movable":
+                    live.movable = True
+                elif kind in ("checkpoint", "frozen", "sent", "freeze_failed"):
+                    if live.move_events is not None:
+                        await live.move_events.put(event)
+                elif kind == "exited":
+                    if live.switch_to is not None:
+                        await self._switch(live, send)  # the copy that moved away ended; go on with the new one
+                        continue
+                    if live.move_events is not None:
+                        live.move_events.put_nowait(event)  # a move under way ends with the task
+                    await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
+                    return
+        finally:
+            # Wait for the cancellation: the session then drains mosrun's socket itself, and a
+            # stream may have only one reader.
+            upstream.cancel()
+            await asyncio.gather(upstream, return_exceptions=True)
+
+    @staticmethod
+    async def _switch(live: LiveTask, send: Any) -> None:
+        """After a move, once the old copy has ended: follow the new one, and tell mosrun, which
+        shows the rest of the old copy's output and then the new one's."""
+        assert live.switch_to is not None
+        live.call.cancel()
+        live.call, live.node_id, live.spec.epoch = live.switch_to
+        live.record.where = live.node_id
+        live.switch_to = None
+        await send({"t": "epoch", "epoch": live.spec.epoch})
+
+    async def _from_mosrun(self, reader: asyncio.StreamReader, live: LiveTask) -> None:
+        """stdin and signals from the user's side to the task."""
+        try:
+            while (frame := await frames.read_frame(reader)) is not None:
+                header, payload = frame
+                kind = header["t"]
+                if kind == "stdin":
+                    await live.write(pb.HomeMessage(stdin=payload))
+                elif kind == "stdin_eof":
+                    await live.write(pb.HomeMessage(stdin_eof=True))
+                elif kind == "signal":
+                    await live.write(pb.HomeMessage(signal=int(header["sig"])))
+        except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
+            log.warning("session of a task broke: %s", exc)
+        except grpc.aio.AioRpcError:
+            # The host side failed; the relay reports it. Keep waiting for mosrun to leave.
+            await reader.read()
+        # Returning tells the relay that mosrun is gone (or broke the protocol).

@@ -1,0 +1,365 @@
+"""The task processes this node runs, for whatever home node owns them.
+
+One home->host gRPC stream per task carries the control: the first message starts it, then
+stdin, signals and moves flow in, and usage, move events and the exit status flow out. The
+task's stdout, stderr and file-proxy channel are not relayed here: before starting the task we
+connect each to the user's mosrun on the home node (``mosrun.commands.dataplane``) and hand the sockets
+to the task, so its bulk bytes go straight home and TCP does the flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import psutil
+
+from mosixd.core.loadvector import LoadVector
+from mosixd.core.policy import JobRequest, admit
+from mosixd.core.rebalance import RunningTask
+from mosixd.host.control import ask_freeze, control_events, control_word, give_verdict
+from mosixd.host.hosted import HostedTask, SpawnError
+from mosixd.host.outpipe import OutputPipe, big_pipe
+from mosixd.host.spawner import Spawner, SpawnFailed
+from mosixd.host.streams import open_streams, stdin_writer
+from mosixd.wire import mosix_pb2 as pb
+from mosrun.runtime import frames, launch, transfer
+
+log = logging.getLogger("mosixd.host.tasks")
+
+RUNTIME = Path(launch.__file__).resolve()  # started by path: see mosrun.runtime.launch
+USAGE_EVERY = 2.0
+FIRST_USAGE = 0.5
+KILL_GRACE = 2.0
+DRAIN_AFTER_EXIT = 5.0    # orphans may hold the output pipes open; don't wait for them forever
+WARM_TIMEOUT = 20.0       # a move's target interpreter must be ready by then
+RESTORE_TIMEOUT = 30.0    # ... and, once told to start, have the whole checkpoint
+MAX_ROOM = 4 << 30        # memory a warm interpreter faults in for the checkpoint, at most
+
+
+def _refused(reason: str, retry: bool) -> pb.HostEvent:
+    return pb.HostEvent(refused=pb.Refusal(reason=reason, retry=retry))
+
+
+class TaskTable:
+    """Starts, tracks and accounts the tasks of this node."""
+
+    def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
+                 blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = (),
+                 host: str = "127.0.0.1") -> None:
+        self.node_id = node_id
+        self._host = host.strip("[]")  # where a move's checkpoint stream comes in
+        self._cpuset = cpuset
+        self._spawner = spawner
+        self._scratch_root = state_dir / "tasks"
+        self._own_load = own_load
+        self._blocked = blocked
+        self._max_tasks = max_tasks
+        self.tasks: dict[str, HostedTask] = {}
+        self._starting = 0
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    # ---- accounting (load sampler, gossip, mosps) ------------------------------------
+
+    def pids(self) -> list[int]:
+        return [t.pid for t in self.tasks.values()]
+
+    def running(self, now: float) -> list[RunningTask]:
+        """The tasks this node runs, as the rebalancer sees them (``now`` on the node's clock)."""
+        wall = time.time()
+        return [RunningTask(task_id=t.spec.task_id, memory_mb=t.rss >> 20, age=max(0.0, wall - t.spec.started),
+                            state_bytes=t.rss, resident_since=t.arrived, locked=t.spec.locked,
+                            migratable=t.movable)
+                for t in self.tasks.values()]
+
+    def counts(self) -> tuple[int, int]:
+        """(local, guest) tasks running here, plus starts in progress counted as guests."""
+        local = sum(1 for t in self.tasks.values() if t.local)
+        return local, len(self.tasks) - local + self._starting
+
+    # ---- one task's life ------------------------------------------------------------
+
+    async def execute(self, requests: AsyncIterator[pb.HomeMessage],
+                      send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        """Run the task described by the first message and send its events until it exits.
+
+        A coroutine, not an async generator: when the home cancels the stream, the cancellation
+        lands on whatever this awaits, so the cleanup that ends the task runs at once.
+        """
+        first = await anext(aiter(requests), None)
+        kind = first.WhichOneof("kind") if first is not None else None
+        if kind not in ("start", "reserve"):
+            await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
+            return
+        spec = first.start if kind == "start" else first.reserve
+        job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
+        reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
+                       max_tasks=self._max_tasks)
+        if reason:
+            await send(_refused(f"{self.node_id}: {reason}", retry=True))
+            return
+        self._starting += 1
+        try:
+            if kind == "reserve":
+                found = await self._warm_start(spec, requests, send)
+                if found is None:
+                    return  # the move was called off before the start
+                task = found
+            else:
+                task = await self._spawn(spec)
+        except SpawnError as exc:
+            await send(_refused(f"{self.node_id}: {exc}", exc.retry))
+            return
+        finally:
+            self._starting -= 1
+        self.tasks[spec.task_id] = task
+        log.info("task %s of %s %s: pid %d, %s", spec.task_id, spec.home,
+                 "restored" if kind == "reserve" else "started", task.pid, " ".join(spec.argv))
+        await self._run(task, requests, send)
+
+    async def _warm_start(self, spec: pb.TaskSpec, requests: AsyncIterator[pb.HomeMessage],
+                          send: Callable[[pb.HostEvent], Awaitable[None]]) -> HostedTask | None:
+        """A move's target: start the interpreter now, while the task still runs on its source.
+
+        It loads Python, the runtime and the pickler, then waits on a fresh port for the
+        frozen source to stream the checkpoint to it (``mosrun.runtime.transfer``). The home learns
+        the port and token in the reservation; on its start message the task runs from the
+        checkpoint. None when the move is called off first (the interpreter is ended).
+        """
+        token = secrets.token_bytes(transfer.TOKEN_SIZE)
+        try:
+            listener = socket.create_server((self._host, 0))
+        except OSError as exc:
+            raise SpawnError(f"cannot listen for the checkpoint on {self._host}: {exc.strerror}") from None
+        address = f"{self._host}:{listener.getsockname()[1]}"
+        try:
+            task = await self._spawn(spec, restore=(listener, token))
+        finally:
+            listener.close()  # the interpreter holds its own copy
+        try:
+            said = await control_word(task, WARM_TIMEOUT)
+            if said.get("t") != "ready":
+                raise SpawnError(f"the task's interpreter did not start ({said.get('reason', 'it ended')})")
+            await send(pb.HostEvent(reserved=pb.Reservation(checkpoint_to=address, token=token)))
+            message = await anext(aiter(requests), None)
+            if message is None or message.WhichOneof("kind") != "start":
+                await self._discard(task)
+                return None
+            task.spec = message.start
+            assert task.ctl is not None
+            await asyncio.get_running_loop().sock_sendall(task.ctl, frames.encode({"t": "go"}))
+            said = await control_word(task, RESTORE_TIMEOUT)
+            if said.get("t") != "restored":
+                raise SpawnError(f"cannot restore the task: {said.get('reason', 'its interpreter ended')}")
+            return task
+        except BaseException:
+            # Shielded, as in _run: a second cancellation must not leave the interpreter running.
+            await asyncio.shield(self._discard(task))
+            raise
+
+    async def _discard(self, task: HostedTask) -> None:
+        """End a task that never ran for its home (a move's target whose move failed)."""
+        await self._cleanup(task)
+        if task.ctl is not None:
+            task.ctl.close()
+
+    async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                   send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        events = task.events
+        handler = asyncio.current_task()
+        assert handler is not None
+        helpers = [asyncio.create_task(self._feed(task, requests, handler)),
+                   asyncio.create_task(self._usage(task, events))]
+        if task.ctl is not None:
+            ctl_reader, task.ctl_writer = await asyncio.open_unix_connection(sock=task.ctl)
+            helpers.append(asyncio.create_task(control_events(task, ctl_reader, events)))
+        waiter = asyncio.create_task(self._wait_exit(task, events))
+        try:
+            await send(pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid)))
+            while (event := await events.get()) is not None:
+                await send(event)
+        finally:
+            for job in (*helpers, waiter):
+                job.cancel()
+            # Shielded: a second cancellation (gRPC's and the feeder's may both come) must not
+            # cut the cleanup short and leave the task running.
+            cleanup = asyncio.ensure_future(self._cleanup(task))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
+
+    async def _cleanup(self, task: HostedTask) -> None:
+        self.tasks.pop(task.spec.task_id, None)
+        if not task.exited.done():
+            await self._kill(task)
+        task.stdin.close()
+        for output in task.outputs:
+            output.close()
+        if task.ctl_writer is not None:
+            task.ctl_writer.close()
+        shutil.rmtree(task.scratch, ignore_errors=True)
+
+    async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                    handler: asyncio.Task[object]) -> None:
+        try:
+            await self._feed_messages(task, requests)
+        except Exception as exc:  # grpc reports a cancelled call this way
+            log.debug("task %s: home stream failed: %r", task.spec.task_id, exc)
+        # The home never half-closes a task's stream: its end means the home is gone, and the
+        # task must end with it (the handler's cleanup kills it).
+        handler.cancel()
+
+    async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> None:
+        # stdin goes through its own writer: signals and moves must get through even while
+        # the task's stdin pipe is full. The home keeps at most a window of unacknowledged
+        # stdin in flight, so this queue stays small.
+        stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+        writer = asyncio.create_task(self._write_stdin(task, stdin))
+        try:
+            await self._dispatch(task, requests, stdin)
+        finally:
+            writer.cancel()
+
+    async def _write_stdin(self, task: HostedTask, chunks: asyncio.Queue[bytes | None]) -> None:
+        while (chunk := await chunks.get()) is not None:
+            try:
+                task.stdin.write(chunk)
+                await task.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the task closed its stdin, as a local process may; keep acknowledging
+            await task.events.put(pb.HostEvent(stdin_ack=len(chunk)))
+        task.stdin.close()
+
+    async def _dispatch(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                        stdin: asyncio.Queue[bytes | None]) -> None:
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            try:
+                if kind == "stdin":
+                    stdin.put_nowait(message.stdin)
+                elif kind == "stdin_eof":
+                    stdin.put_nowait(None)
+                elif kind == "signal":
+                    task.signal(message.signal)
+                elif kind == "freeze":
+                    await ask_freeze(task, message.freeze)
+                elif kind == "verdict":
+                    await give_verdict(task, message.verdict)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the task closed its end, as a local process may
+
+    async def _usage(self, task: HostedTask, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        try:
+            proc = psutil.Process(task.pid)
+        except psutil.Error:
+            return
+        delay = FIRST_USAGE  # soon after the start, so a move knows early how big the task is
+        while True:
+            await asyncio.sleep(delay)
+            delay = USAGE_EVERY
+            try:
+                with proc.oneshot():
+                    times, rss = proc.cpu_times(), proc.memory_info().rss
+            except psutil.Error:
+                return
+            task.cpu, task.rss = times.user + times.system, rss
+            await events.put(pb.HostEvent(usage=pb.TaskUsage(cpu=task.cpu, rss=rss)))
+
+    async def _wait_exit(self, task: HostedTask, events: asyncio.Queue[pb.HostEvent | None]) -> None:
+        # The task's output and file requests go home on their own streams, and mosrun reads
+        # them to their end before it takes this status; hand over the output first.
+        code = await asyncio.shield(task.exited)  # cancelling this waiter must not cancel the exit
+        await asyncio.gather(*(output.drained(DRAIN_AFTER_EXIT) for output in task.outputs))
+        exited = pb.TaskExit(code=code) if code >= 0 else pb.TaskExit(signal=-code)
+        log.info("task %s exited: %s", task.spec.task_id, f"code {code}" if code >= 0 else f"signal {-code}")
+        await events.put(pb.HostEvent(exited=exited))
+        await events.put(None)
+
+    async def _kill(self, task: HostedTask) -> None:
+        """End a task whose home went away: SIGTERM, then SIGKILL after a grace period."""
+        log.info("task %s: home session gone, ending it", task.spec.task_id)
+        task.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(task.exited), KILL_GRACE)
+        except asyncio.TimeoutError:
+            task.signal(signal.SIGKILL)
+            await task.exited
+
+    async def _spawn(self, spec: pb.TaskSpec, restore: tuple[socket.socket, bytes] | None = None) -> HostedTask:
+        if not os.access(spec.executable, os.X_OK):
+            raise SpawnError(f"{spec.executable} does not exist here or is not executable")
+        identity = self._identity(spec)
+        streams = await open_streams(spec)
+        scratch = self._scratch_root / spec.task_id
+        scratch.mkdir(parents=True, exist_ok=True)
+        if identity:
+            os.chown(scratch, identity["user"], identity["group"])
+        env = dict(spec.env)
+        env.update(MOSIX_TASK_ID=spec.task_id, MOSIX_HOME_NODE=spec.home, MOSIX_NODE=self.node_id)
+        if spec.python:
+            env.update(MOSIX_HOME_CWD=spec.cwd, MOSIX_PROGRAM=spec.argv[0], MOSIX_EPOCH=str(spec.epoch),
+                       MOSIX_STDOUT_TTY="1" if spec.stdout_tty else "", MOSIX_STDERR_TTY="1" if spec.stderr_tty else "")
+            args = [spec.executable, *spec.python_options, str(RUNTIME), *spec.python_args]
+            cwd = scratch  # the runtime makes relative paths act at home
+        else:
+            args = list(spec.argv)
+            cwd = Path(spec.cwd) if os.path.isdir(spec.cwd) else scratch
+        stdin_r, stdin_w = big_pipe()
+        # stdout and stderr are pipes, as in a local run, spliced into their streams home; the
+        # file channel is its stream home itself: we keep no end of it.
+        outputs = [OutputPipe(streams[0]), OutputPipe(streams[1])]
+        child_fds = [stdin_r, outputs[0].child_end, outputs[1].child_end]
+        ctl = None
+        if spec.python:
+            ctl, ctl_end = socket.socketpair()
+            child_fds += [streams[2].detach(), ctl_end.detach()]
+            if restore is not None:
+                # A move's target: the socket the checkpoint will arrive on, and its token.
+                child_fds.append(os.dup(restore[0].fileno()))
+                env["MOSIX_RESTORE_TOKEN"] = restore[1].hex()
+                room = min(spec.incoming_bytes, MAX_ROOM, psutil.virtual_memory().available // 2)
+                env["MOSIX_RESTORE_ROOM"] = str(room)
+        try:
+            pid = await self._spawner.spawn(args=args, executable=spec.executable, cwd=str(cwd), env=env,
+                                            umask=spec.umask, identity=identity, fds=child_fds,
+                                            fd_env=("MOSIX_RUNTIME_FD", "MOSIX_CONTROL_FD", "MOSIX_RESTORE_FD"),
+                                            cpuset=self._cpuset)
+        except SpawnFailed as exc:
+            os.close(stdin_w)
+            for output in outputs:
+                output.close()
+            if ctl is not None:
+                ctl.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise SpawnError(f"cannot start {spec.executable}: {exc.strerror}") from None
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        for output in outputs:
+            output.start()
+        stdin = await stdin_writer(stdin_w)
+        return HostedTask(spec=spec, pid=pid, stdin=stdin, exited=self._spawner.exit_status(pid), scratch=scratch,
+                          local=spec.home == self.node_id, ctl=ctl, outputs=outputs)
+
+    def _identity(self, spec: pb.TaskSpec) -> dict[str, object]:
+        """Run the task as its user: switch to them when root, else only run our own user's tasks."""
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam(spec.user)
+            except KeyError:
+                raise SpawnError(f"user {spec.user} does not exist here") from None
+            return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(spec.user, pw.pw_gid)}
+        if spec.uid != os.geteuid():
+            raise SpawnError(f"this daemon runs as uid {os.geteuid()} and cannot run tasks of {spec.user}")
+        return {}
+
+

@@ -1,0 +1,90 @@
+"""Conversions between the pure core types and the protobuf wire messages."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from mosixd.core.gossip import Entry, NodeState, NodeView
+from mosixd.core.loadvector import LoadVector
+from mosixd.wire import mosix_pb2 as pb
+
+
+class MalformedMessage(ValueError):
+    """A message from the wire does not make sense (bad number, empty id, ...)."""
+
+
+def load_to_pb(load: LoadVector) -> pb.LoadVector:
+    return pb.LoadVector(
+        load=load.load, cpus=load.cpus, speed=load.speed, mem_total=load.mem_total,
+        mem_free=load.mem_free, local_tasks=load.local_tasks, guest_tasks=load.guest_tasks,
+        python=load.python,
+    )
+
+
+def load_from_pb(msg: pb.LoadVector) -> LoadVector:
+    if not all(math.isfinite(x) and x >= 0 for x in (msg.load, msg.speed)):
+        raise MalformedMessage(f"load vector with load={msg.load} speed={msg.speed}")
+    return LoadVector(
+        load=msg.load, cpus=msg.cpus, speed=msg.speed, mem_total=msg.mem_total,
+        mem_free=msg.mem_free, local_tasks=msg.local_tasks, guest_tasks=msg.guest_tasks,
+        python=msg.python,
+    )
+
+
+def entry_to_pb(entry: Entry) -> pb.GossipEntry:
+    return pb.GossipEntry(
+        node_id=entry.node_id, address=entry.address, generation=entry.generation,
+        age=entry.age, blocked=entry.blocked, leaving=entry.leaving, load=load_to_pb(entry.load),
+    )
+
+
+def entry_from_pb(msg: pb.GossipEntry) -> Entry:
+    if not msg.node_id or not msg.address:
+        raise MalformedMessage("gossip entry without node id or address")
+    if not (math.isfinite(msg.age) and msg.age >= 0):
+        raise MalformedMessage(f"gossip entry for {msg.node_id} with age {msg.age}")
+    return Entry(
+        node_id=msg.node_id, address=msg.address, generation=msg.generation, age=msg.age,
+        blocked=msg.blocked, leaving=msg.leaving, load=load_from_pb(msg.load),
+    )
+
+
+def gossip_message(sender_id: str, sender_address: str, entries: Iterable[Entry]) -> pb.GossipMessage:
+    return pb.GossipMessage(
+        sender_id=sender_id, sender_address=sender_address,
+        entries=[entry_to_pb(e) for e in entries],
+    )
+
+
+def entries_from_message(msg: pb.GossipMessage) -> list[Entry]:
+    return [entry_from_pb(e) for e in msg.entries]
+
+
+def node_to_pb(view: NodeView) -> pb.NodeStatus:
+    return pb.NodeStatus(
+        id=view.id, address=view.address, state=view.state.value, load=load_to_pb(view.load),
+        age=view.age, self=view.is_self, generation=view.generation,
+    )
+
+
+def node_status_to_dict(msg: pb.NodeStatus) -> dict[str, Any]:
+    """The JSON shape of a node shared by mosmon --json and mosctl status --json."""
+    load = msg.load
+    return {
+        "id": msg.id,
+        "address": msg.address,
+        "state": msg.state if msg.state in {s.value for s in NodeState} else "down",
+        "load": round(load.load, 4),
+        "cpus": load.cpus,
+        "speed": round(load.speed, 4),
+        "mem_total": load.mem_total,
+        "mem_free": load.mem_free,
+        "tasks": load.local_tasks + load.guest_tasks,
+        "local_tasks": load.local_tasks,
+        "guest_tasks": load.guest_tasks,
+        "age": round(msg.age, 3),
+        "generation": msg.generation,
+        "self": msg.self,
+        "python": load.python,
+    }

@@ -1,0 +1,241 @@
+"""How the command-line tools find and talk to their mosixd.
+
+The daemon is found by ``--node ADDR``, then ``$MOSIX_NODE``, then the system socket
+``/run/mosix/mosixd.sock``, then this user's running ``mosixd --local`` cluster. ADDR is
+``HOST:PORT``, ``unix:PATH``, a socket path, or a node id (``n2``) of the local cluster.
+The cluster key comes from ``--key``, then ``$MOSIX_KEY_FILE``, then the local cluster's key
+when the daemon belongs to it, then the system config's key file.
+
+Exit codes of the tools for these failures: 3 no daemon found or reachable, 4 refused
+(wrong cluster key), 1 anything else the daemon reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SYSTEM_SOCKET = Path("/run/mosix/mosixd.sock")
+SYSTEM_CONFIG = Path("/etc/mosix/mosix.toml")
+SYSTEM_KEY = Path("/etc/mosix/cluster.key")
+
+EXIT_ERROR = 1
+EXIT_NO_DAEMON = 3
+EXIT_REFUSED = 4
+CALL_TIMEOUT = 5.0
+
+
+class ClientError(Exception):
+    """A one-line failure for the user, with the exit code the tool should use."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A daemon to talk to: the gRPC target string and the key file that opens it."""
+
+    grpc_target: str
+    key_file: Path
+    label: str
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, local: bool = False) -> None:
+    """Add --node and --key (and --local N for tools that can bring up a cluster)."""
+    parser.add_argument("--node", metavar="ADDR", help="daemon to ask: HOST:PORT, unix:PATH or a local node id")
+    parser.add_argument("--key", metavar="FILE", type=Path, help="cluster key file")
+    if local:
+        parser.add_argument("--local", metavar="N", type=int,
+                            help="bring up an ephemeral N-node local cluster if none is running")
+
+
+def _system_key() -> Path:
+    try:
+        from mosixd.settings.config import read_toml
+
+        return Path(read_toml(SYSTEM_CONFIG).get("key_file", SYSTEM_KEY))
+    except Exception:  # no or unreadable system config: the documented default
+        return SYSTEM_KEY
+
+
+def resolve(node: str | None, key: Path | None) -> Target:
+    """Find the daemon and its key, following the order in the module docstring."""
+    from mosixd.settings.registry import find_local_node, read_registry
+
+    registry = read_registry()
+    local_key = Path(registry["key_file"]) if registry else None
+    node = node or os.environ.get("MOSIX_NODE") or None
+    key = key or (Path(os.environ["MOSIX_KEY_FILE"]) if os.environ.get("MOSIX_KEY_FILE") else None)
+    if node:
+        if entry := find_local_node(node, registry):
+            return Target(f"unix:{entry['socket']}", key or local_key or SYSTEM_KEY, entry["id"])
+        if node.startswith("unix:"):
+            return Target(node, key or _system_key(), node)
+        if "/" in node:
+            return Target(f"unix:{node}", key or _system_key(), node)
+        if ":" not in node:
+            raise ClientError(f"unknown node {node!r}: not HOST:PORT, unix:PATH, or a node of a running local cluster",
+                              EXIT_NO_DAEMON)
+        return Target(node, key or _system_key(), node)
+    if SYSTEM_SOCKET.exists():
+        return Target(f"unix:{SYSTEM_SOCKET}", key or _system_key(), "this host")
+    if registry and registry.get("nodes"):
+        first = registry["nodes"][0]
+        return Target(f"unix:{first['socket']}", key or local_key or SYSTEM_KEY, first["id"])
+    raise ClientError(
+        "no mosixd found: no --node, no $MOSIX_NODE, no /run/mosix/mosixd.sock and no running local "
+        "cluster (start one with: mosixd --local 3)", EXIT_NO_DAEMON)
+
+
+class Connection:
+    """A blocking, authenticated connection to one daemon."""
+
+    def __init__(self, target: Target) -> None:
+        import grpc
+
+        from mosixd.wire import mosix_pb2_grpc as rpc
+        from mosixd.wire.auth import KeyFileError, load_key, open_channel
+
+        try:
+            key = load_key(target.key_file)
+        except KeyFileError as exc:
+            raise ClientError(str(exc), EXIT_REFUSED) from None
+        self.target = target
+        self._grpc = grpc
+        self._channel = open_channel(target.grpc_target, key)
+        self._admin = rpc.AdminStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=CALL_TIMEOUT)
+        except self._grpc.RpcError as exc:
+            raise _client_error(exc, self.target) from None
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The answering node's view: {"node": id, "nodes": [node dicts, self first]}."""
+        from mosixd.wire import mosix_pb2 as pb
+        from mosixd.wire.codec import node_status_to_dict
+
+        reply = self._call(self._admin.ClusterStatus, pb.ClusterStatusRequest())
+        return {"node": reply.node_id, "nodes": [node_status_to_dict(n) for n in reply.nodes]}
+
+    def list_tasks(self) -> dict[str, Any]:
+        """mosps: {"node": id, "tasks": [task dicts]} of the answering node."""
+        from mosixd.wire import mosix_pb2 as pb
+
+        reply = self._call(self._admin.ListTasks, pb.ListTasksRequest())
+        return {"node": reply.node_id, "tasks": [
+            {"id": t.id, "user": t.user, "home": t.home, "where": t.where, "state": t.state,
+             "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
+             "pid": t.pid} for t in reply.tasks]}
+
+    def migrate(self, task_id: str, target: str) -> dict[str, Any]:
+        """Ask for a move; returns {"ok", "message", "node", "freeze_seconds", "state_bytes",
+        "transfer_seconds"}."""
+        from mosixd.wire import mosix_pb2 as pb
+
+        request = pb.MigrateRequest(task_id=task_id, target=target, uid=os.getuid())
+        try:
+            reply = self._admin.Migrate(request, timeout=180)
+        except self._grpc.RpcError as exc:
+            raise _client_error(exc, self.target) from None
+        return {"ok": reply.ok, "message": reply.message, "node": reply.node,
+                "freeze_seconds": round(reply.freeze_seconds, 4), "state_bytes": reply.state_bytes,
+                "transfer_seconds": round(reply.transfer_seconds, 4)}
+
+    def set_blocked(self, blocked: bool) -> dict[str, Any]:
+        """Block or unblock the answering node; returns its node dict."""
+        from mosixd.wire import mosix_pb2 as pb
+        from mosixd.wire.codec import node_status_to_dict
+
+        return node_status_to_dict(self._call(self._admin.SetBlocked, pb.SetBlockedRequest(blocked=blocked)))
+
+
+def _client_error(exc: Any, target: Target) -> ClientError:
+    code = exc.code() if hasattr(exc, "code") else None
+    name = getattr(code, "name", "")
+    if name == "UNAUTHENTICATED":
+        return ClientError(f"{target.label} refused the cluster key in {target.key_file}", EXIT_REFUSED)
+    if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return ClientError(f"cannot reach mosixd at {target.grpc_target} ({name.lower()})", EXIT_NO_DAEMON)
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return ClientError(f"{target.label}: {details}", EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def open(args: argparse.Namespace) -> Iterator[Connection]:  # noqa: A001 - reads as client.open
+    """Connect as the parsed options say; with --local N, bring up an ephemeral cluster if needed."""
+    local = getattr(args, "local", None)
+    node = args.node
+    with contextlib.ExitStack() as stack:
+        if local and not node and not os.environ.get("MOSIX_NODE"):
+            from mosixd.settings.registry import read_registry
+
+            if read_registry() is None:
+                stack.enter_context(ephemeral_cluster(local))
+            node = "n1"  # the local cluster, even where a system daemon also runs
+        conn = stack.enter_context(Connection(resolve(node, args.key)))
+        yield conn
+
+
+@contextlib.contextmanager
+def ephemeral_cluster(n: int, timeout: float = 30.0) -> Iterator[None]:
+    """Run ``mosixd --local n`` for the duration of the block, once all n nodes are up."""
+    from mosixd.settings.registry import read_registry
+
+    if n < 1:
+        raise ClientError(f"--local takes a positive number of nodes, got {n}", 2)
+    # The nodes' logs go to a file: an unread pipe would block them once full.
+    errors = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "mosixd", "--local", str(n), "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=errors)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                errors.seek(0)
+                err = errors.read().decode(errors="replace").strip().splitlines()
+                raise ClientError(f"local cluster did not start: {err[-1] if err else 'exit ' + str(proc.returncode)}")
+            if read_registry() is not None and _all_up(n):
+                break
+            time.sleep(0.2)
+        else:
+            raise ClientError(f"local cluster of {n} nodes did not converge within {timeout:.0f}s")
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        errors.close()
+
+
+def _all_up(n: int) -> bool:
+    try:
+        with Connection(resolve("n1", None)) as conn:
+            nodes = conn.cluster_status()["nodes"]
+    except ClientError:
+        return False
+    return sum(1 for node in nodes if node["state"] == "up") >= n

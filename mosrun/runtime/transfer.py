@@ -1,0 +1,189 @@
+"""The direct checkpoint stream of a move, from the frozen task straight to its target.
+
+A move's target starts the task's interpreter as soon as it holds room for it, while the
+task still runs on its source: Python, the runtime and the pickler load off the critical
+path (a warm start). The target node listens on a fresh port and hands the listening socket
+to that interpreter. The frozen task then streams its checkpoint to it directly, with no
+daemon relaying the bytes. On the wire::
+
+    token (TOKEN_SIZE bytes) | the checkpoint (``mosrun.runtime.checkpoint`` format)
+
+The receiver checks the checksum as the bytes arrive and answers one byte: ACK, or NAK
+followed by a one-line reason. The largest piece lands in memory the interpreter faulted in
+while it waited (the room it reserved). A checkpoint stored at home (a failover) goes the
+same way. Runs inside task processes and the daemon: standard library only (and the
+checksum's module).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+import time
+from typing import Iterable
+
+from mosrun.runtime import checkpoint
+
+TOKEN_SIZE = 32
+ACK, NAK = b"+", b"-"
+SLICE = 1 << 20          # checksummed as each slice arrives
+MAX_HEADER = 1 << 20     # a checkpoint header is a few hundred bytes; more is garbage
+MAX_STRAYS = 8           # connections without the token before the receiver gives up
+IDLE_TIMEOUT = 30.0      # a stream that stalls this long is abandoned
+
+
+class TransferError(Exception):
+    """The checkpoint did not get across; the message is one line for the user."""
+
+
+def _connect(address: str, timeout: float) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except (OSError, ValueError) as exc:
+        raise TransferError(f"cannot reach the target at {address} ({exc})") from None
+    sock.settimeout(IDLE_TIMEOUT)
+    return sock
+
+
+def _answer(sock: socket.socket, address: str) -> None:
+    reply = bytearray()
+    while len(reply) < 1024 and (chunk := sock.recv(1024)):
+        reply += chunk
+    if reply[:1] == ACK:
+        return
+    reason = reply[1:].decode(errors="replace").strip() if reply[:1] == NAK else ""
+    raise TransferError(f"the target at {address} refused the checkpoint: {reason or 'it closed the stream'}")
+
+
+def send(address: str, token: bytes, pieces: Iterable[bytes | memoryview], timeout: float = 10.0) -> None:
+    """Stream checkpoint ``pieces`` to the target waiting at ``address`` ("host:port");
+    returns once it has checked them. Raises TransferError."""
+    sock = _connect(address, timeout)
+    try:
+        with sock:
+            sock.sendall(token)
+            for piece in pieces:
+                sock.sendall(piece)
+            _answer(sock, address)
+    except OSError as exc:
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
+
+
+def send_file(address: str, token: bytes, path: str | os.PathLike, timeout: float = 10.0) -> None:
+    """Stream a stored checkpoint file to the target at ``address`` (the kernel copies it)."""
+    sock = _connect(address, timeout)
+    try:
+        with sock, open(path, "rb") as f:
+            sock.sendall(token)
+            sock.sendfile(f)
+            _answer(sock, address)
+    except OSError as exc:
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytearray:
+    data = bytearray(n)
+    view, got = memoryview(data), 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if not k:
+            raise TransferError(f"the checkpoint stream ended early ({got} of {n} bytes)")
+        got += k
+    return data
+
+
+def _read_into(conn: socket.socket, data: bytearray, summed: checkpoint.BodySum, offset: int = 0) -> None:
+    view, pos = memoryview(data), offset
+    while pos < len(data):
+        start, end = pos, min(len(data), pos + SLICE)
+        while pos < end:
+            k = conn.recv_into(view[pos:end])
+            if not k:
+                raise TransferError(f"the checkpoint stream ended early ({pos} of {len(data)} bytes)")
+            pos += k
+        summed.update(view[start:end])  # while the slice is still in the cache
+
+
+def _allocate(sizes: list[int], room: bytearray | None) -> list[bytearray]:
+    """Memory for pieces of ``sizes`` bytes. The largest takes ``room``, memory faulted in
+    while the source still ran, so receiving does not wait for the kernel to supply fresh
+    pages (on a virtual machine that is slower than the stream itself). The room is cut or
+    grown to fit: the kernel remaps big blocks, it does not copy them."""
+    largest = max(range(len(sizes)), key=sizes.__getitem__, default=None)
+    out = []
+    for i, n in enumerate(sizes):
+        if i == largest and room is not None:
+            if n < len(room):
+                del room[n:]
+            else:
+                room += bytes(n - len(room))
+            out.append(room)
+        else:
+            out.append(bytearray(n))
+    return out
+
+
+def _read_checkpoint(conn: socket.socket, room: bytearray | None) -> tuple[bytearray, list[bytearray]]:
+    """One whole checkpoint from ``conn``, its checksum verified as it came: the header
+    with the pickle, and each out-of-band buffer in its own bytearray (the restored state
+    keeps those as they are)."""
+    prefix = _recv_exact(conn, checkpoint.PREFIX_SIZE)
+    size = checkpoint.header_size(prefix)
+    if size > MAX_HEADER:
+        raise checkpoint.CorruptCheckpoint(f"checkpoint header of {size} bytes is implausible")
+    head = prefix + _recv_exact(conn, size - len(prefix))
+    header = checkpoint.read_header(head)
+    summed = checkpoint.body_sum(header.checksum_algorithm)
+    data, *buffers = _allocate([size + header.payload_size, *header.buffers], room)
+    data[:size] = head
+    _read_into(conn, data, summed, size)
+    for buffer in buffers:
+        _read_into(conn, buffer, summed)
+    checkpoint.check_sum(header, b"", summed.hexdigest())  # the sum of everything after the header
+    return data, buffers
+
+
+def receive(listener: socket.socket, token: bytes, timeout: float,
+            room: bytearray | None = None) -> tuple[bytearray, list[bytearray]]:
+    """Accept connections on ``listener`` until one presents ``token``, and return the
+    checkpoint it carries, checked: ``(header and pickle, out-of-band buffers)``, for
+    ``checkpoint.loads(data, buffers=buffers, checked=True)``.
+
+    ``room``: memory held ready for the checkpoint's largest piece (see ``_allocate``).
+    Connections without the token are dropped. Raises TransferError when nothing valid
+    arrives within ``timeout`` seconds, CheckpointError when the checkpoint is damaged.
+    """
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_STRAYS):
+        listener.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            raise TransferError(f"no checkpoint arrived within {timeout:.0f} s") from None
+        with conn:
+            conn.settimeout(IDLE_TIMEOUT)
+            try:
+                presented = _recv_exact(conn, TOKEN_SIZE)
+            except (OSError, TransferError):
+                continue
+            if not hmac.compare_digest(bytes(presented), token):
+                continue  # a stray or hostile connection: not the task's source
+            try:
+                data = _read_checkpoint(conn, room)
+            except checkpoint.CheckpointError as exc:
+                _say(conn, NAK + str(exc).encode()[:1000])
+                raise
+            except OSError as exc:
+                raise TransferError(f"the checkpoint stream broke ({exc})") from None
+            _say(conn, ACK)
+            return data
+    raise TransferError(f"{MAX_STRAYS} connections came without the move's token")
+
+
+def _say(conn: socket.socket, reply: bytes) -> None:
+    try:
+        conn.sendall(reply)
+    except OSError:
+        pass  # the sender is gone; its move fails on its side
