@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,11 +13,41 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
+if TYPE_CHECKING:
+    from containers import Engine
+
 BIN = Path(sys.executable).parent
+
+
+COUNTER = """\
+import time
+from mosrun import resumable, safepoint
+
+print("starting", flush=True)
+state = resumable(step=0, total=0, ballast=b"")
+state.ballast = state.ballast or bytes({ballast})
+while state.step < {steps}:
+    state.total += state.step * state.step
+    print("step", state.step, state.total, flush=True)
+    state.step += 1
+    time.sleep({pause})
+    safepoint()
+print("done", state.total, len(state.ballast))
+"""
+
+
+def counter(steps: int, pause: float = 0.05, ballast: int = 0) -> str:
+    """A resumable job that counts ``steps`` and prints a line a step, with ``ballast`` bytes of
+    state; it ends with ``done_line(steps, ballast)``."""
+    return COUNTER.format(steps=steps, pause=pause, ballast=ballast)
+
+
+def done_line(steps: int, ballast: int = 0) -> str:
+    return f"done {sum(i * i for i in range(steps))} {ballast}"
 
 
 def free_port(hosts: list[str], tries: int = 50) -> int:
@@ -132,15 +163,35 @@ class LocalRig:
                 proc.wait()
 
 
-def start_rig(n: int, tmp: Path, *extra: str) -> LocalRig:
+def with_hosts_file(hosts_file: Path, argv: list[str]) -> list[str]:
+    """``argv`` run in a mount namespace of its own where ``hosts_file`` is /etc/hosts: names
+    the test makes up resolve for that process and its children, and the host is untouched."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *argv]
+
+
+def can_mount_namespaces() -> str | None:
+    """Why a test cannot give a process its own /etc/hosts here, or None if it can."""
+    if os.geteuid() != 0:
+        return "needs root for a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    return None
+
+
+def start_rig(n: int, tmp: Path, *extra: str, hosts_file: Path | None = None) -> LocalRig:
+    """``mosixd --local n`` with ``extra`` flags; with a ``hosts_file``, in its own mount
+    namespace where that file is /etc/hosts (see :func:`with_hosts_file`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     runtime = tmp / "runtime"
     hosts = [f"127.0.1.{i}" for i in range(1, n + 1)]
     port = free_port(hosts)
     log = tmp / "cluster.log"
     env = dict(os.environ, MOSIX_RUNTIME_DIR=str(runtime))
-    proc = subprocess.Popen([str(BIN / "mosixd"), "--local", str(n), "--port", str(port), *extra],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    argv = [str(BIN / "mosixd"), "--local", str(n), "--port", str(port), *extra]
+    if hosts_file is not None:
+        argv = with_hosts_file(hosts_file, argv)  # unshare and sh exec: the pid is mosixd's
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     rig = LocalRig(n=n, port=port, runtime=runtime, proc=proc, log=log)
     try:
         wait_for(lambda: (runtime / "local.json").exists() or proc.poll() is not None, 20)
@@ -172,3 +223,21 @@ def rig3(tmp_path: Path) -> Iterator[LocalRig]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Engine"]:
+    """A Docker engine for the compose and systemd suites (see tests/containers.py): started for
+    the session if none runs, and stopped after it; the suites skip, saying why, where it cannot
+    run."""
+    from containers import Engine, Unavailable
+
+    engine = Engine(tmp_path_factory.mktemp("docker"))
+    try:
+        engine.start()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -52,6 +52,7 @@ def test_defaults_advertise_the_host_name() -> None:
     ('[load]\nsource = "cpu"\n', "load.source: expected one of host, tasks, got 'cpu'"),
     ('[node]\npeers = "a"\n', "node.peers: expected HOST:PORT, got 'a'"),
     ('[node]\nlisten = "h:99999"\n', "node.listen: expected HOST:PORT with a port in 1..65535, got 'h:99999'"),
+    ('[node]\nadvertise = "::1:7410"\n', "node.advertise: an IPv6 address takes brackets: [::1]:7410"),
     ('[node]\nid = ""\n', "node.id: expected a non-empty string, got ''"),
     ('[gossip]\ninterval = true\n', "gossip.interval: expected a number, got True"),
     ('[colour]\nred = 1\n', "colour.red: unknown key"),

@@ -32,7 +32,9 @@ PYPROJECT = ROOT / "pyproject.toml"
 NODE_IDS = ["n1", "n2", "n3"]
 PORT = 7410
 SECRET_NAME = "cluster_key"
-KEY_FILE_IN_CONTAINER = "/run/secrets/cluster_key"
+SECRET_IN_CONTAINER = "/run/secrets/cluster_key"
+KEY_FILE_IN_CONTAINER = "/etc/mosix/cluster.key"  # where the entrypoint puts it: the tools' default
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 STATE_DIR = "/var/lib/mosix"
 SOCKET = "/run/mosix/mosixd.sock"
 CONFIG = "/etc/mosix/mosix.toml"
@@ -46,6 +48,7 @@ TOML_KEYS = {
     ("node", "state_dir"): "--state-dir",
     ("node", "key_file"): "--key-file",
     ("node", "peers"): "--peers",
+    ("node", "leave_timeout"): "--leave-timeout",
     ("load", "source"): "--load-source",
     ("load", "cpus"): "--cpus",
     ("load", "cpuset"): "--cpuset",
@@ -218,8 +221,8 @@ def test_compose_nodes_match_the_local_rig():
             plan.argv(state_dir=STATE_DIR, key_file=KEY_FILE_IN_CONTAINER, socket=SOCKET)
         )
         # The compose command says everything the local rig says, plus where peers
-        # reach the node (--advertise).
-        assert set(got) - set(want) == {"--advertise"}, node_id
+        # reach the node (--advertise) and how long it may take to leave.
+        assert set(got) - set(want) == {"--advertise", "--leave-timeout"}, node_id
         assert set(want) <= set(got), node_id
 
         assert got["--id"] == want["--id"] == node_id
@@ -257,15 +260,13 @@ def test_compose_nodes_share_the_cluster_key_secret():
                 if not target.startswith("/"):
                     target = f"/run/secrets/{target}"
                 targets[entry["source"]] = target
-        assert SECRET_NAME in targets, name
-        key_file = flag_map(service_command(svc))["--key-file"]
-        assert key_file == targets[SECRET_NAME] == KEY_FILE_IN_CONTAINER, name
-        # The clients in the container (the healthcheck's mosctl among them) read
-        # the same key.
-        env = svc.get("environment", {})
-        if isinstance(env, list):
-            env = dict(item.split("=", 1) for item in env)
-        assert env.get("MOSIX_KEY_FILE") == KEY_FILE_IN_CONTAINER, name
+        assert targets.get(SECRET_NAME) == SECRET_IN_CONTAINER, name
+        # The entrypoint installs the secret where the daemon and, by default, the tools read
+        # it (the healthcheck's mosctl among them), readable by the mosix group only.
+        assert flag_map(service_command(svc))["--key-file"] == KEY_FILE_IN_CONTAINER, name
+    script = ENTRYPOINT.read_text()
+    assert f"install -m 0640 -o root -g mosix {SECRET_IN_CONTAINER} {KEY_FILE_IN_CONTAINER}" in script
+    assert script.rstrip().endswith('exec mosixd "$@"')
 
 
 def test_compose_nodes_expose_the_port_and_have_a_healthcheck():
@@ -305,53 +306,35 @@ def test_cluster_key_is_kept_out_of_the_image_and_of_git():
 # --- Dockerfile ---------------------------------------------------------------------
 
 
-def test_dockerfile_installs_the_project_with_mosixd_as_entrypoint():
+def test_dockerfile_installs_from_the_wheelhouse_with_no_network():
     instructions = dockerfile_instructions()
-    names = [i for i, _ in instructions]
-    assert names[0] == "FROM" and instructions[0][1].split()[0] == "python:3.11-slim"
-
-    env = " ".join(args for i, args in instructions if i == "ENV")
-    assert "DEBIAN_FRONTEND=noninteractive" in env
-
-    # The whole build context (the project) is copied somewhere, then pip-installed
-    # from there.
-    workdir = "/"
-    project_dir: str | None = None
-    installed = False
-    for instr, args in instructions:
-        if instr == "WORKDIR":
-            workdir = args
-        elif instr == "COPY" and args.split()[0] == ".":
-            dest = args.split()[-1]
-            project_dir = dest if dest.startswith("/") else f"{workdir}/{dest}"
-        elif instr == "RUN" and "pip install" in args:
-            words = shlex.split(args.split("pip install", 1)[1].split("&&")[0])
-            targets = [w for w in words if not w.startswith("-")]
-            resolved = {t if t.startswith("/") else f"{workdir}/{t}" for t in targets}
-            norm = {str(PurePosixPath(t)) for t in resolved}
-            installed |= project_dir is not None and str(PurePosixPath(project_dir)) in norm
-    assert project_dir, "the project is not copied into the image"
-    assert installed, "the project is not pip-installed from where it was copied"
+    assert instructions[0] == ("ARG", "BASE=python:3.11-slim")
+    assert instructions[1] == ("FROM", "${BASE}")
+    # The wheelhouse is copied in and the project installed from it alone.
+    copies = [args.split() for i, args in instructions if i == "COPY"]
+    assert ["wheels", "/wheels"] in copies
+    runs = " ".join(args for i, args in instructions if i == "RUN")
+    assert "pip install --no-index --find-links /wheels mosix" in runs
+    assert "pip install" not in runs.replace("pip install --no-index --find-links /wheels mosix", "")
 
     entrypoints = [args for i, args in instructions if i == "ENTRYPOINT"]
-    assert entrypoints, "no ENTRYPOINT"
     entrypoint = json.loads(entrypoints[-1])  # exec form, so signals reach mosixd
-    assert entrypoint[0] == "mosixd"
+    assert entrypoint == ["mosix-entrypoint"]
+    assert ["docker/entrypoint.sh", "/usr/local/bin/mosix-entrypoint"] in copies
     assert "mosixd" in project_scripts()
     assert str(PORT) in " ".join(args for i, args in instructions if i == "EXPOSE")
 
 
-def test_dockerignore_keeps_what_pip_install_needs():
-    with PYPROJECT.open("rb") as f:
-        project = tomllib.load(f)["project"]
-    needed = ["pyproject.toml", "mosixd/__init__.py", "mosrun/__init__.py", "proto"]
-    readme = project.get("readme")
-    if isinstance(readme, str):
-        needed.append(readme)
+def test_compose_builds_on_a_base_that_can_be_chosen():
+    for svc in load_compose()["services"].values():
+        assert svc["build"] == {"context": ".", "args": {"BASE": "${MOSIX_BASE:-python:3.11-slim}"}}
+
+
+def test_dockerignore_sends_only_what_the_build_needs():
     patterns = dockerignore_patterns()
-    for path in needed:
+    for path in ("Dockerfile", "wheels/mosix-0.1.0-py3-none-any.whl", "docker/entrypoint.sh"):
         assert not dockerignored(path, patterns), f".dockerignore leaves out {path}"
-    for path in (".venv", ".git", "tests/test_deploy.py"):
+    for path in (".venv", ".git", "tests/test_deploy.py", "cluster.key", "mosixd/__init__.py"):
         assert dockerignored(path, patterns), f".dockerignore lets in {path}"
 
 
@@ -406,6 +389,23 @@ def test_unit_directories_match_the_daemon_defaults():
     assert Path(node["socket"]) == Path(SOCKET)
     assert Path(node["state_dir"]) == state_dir
     assert Path(node["key_file"]).parent == conf_dir
+
+
+def _seconds(value: str) -> float:
+    assert value.endswith("s") and value[:-1].isdigit(), value
+    return float(value[:-1])
+
+
+def test_a_leaving_node_has_time_to_move_its_guests_before_it_is_killed():
+    from mosixd.settings.config import Config
+
+    with EXAMPLE_TOML.open("rb") as f:
+        leave = tomllib.load(f)["node"]["leave_timeout"]
+    assert leave == Config(node_id="x").leave_timeout  # the example shows the default
+    assert leave < _seconds(unit_value(read_unit(UNIT), "Service", "TimeoutStopSec"))
+    for name, svc in load_compose()["services"].items():
+        flags = flag_map(service_command(svc))
+        assert float(flags["--leave-timeout"]) < _seconds(svc["stop_grace_period"]), name
 
 
 def _mosixd_script() -> Path:

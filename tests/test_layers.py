@@ -26,7 +26,7 @@ PACKAGES = ("mosixd", "mosrun")
 LAYERS: dict[str, set[str]] = {
     "mosrun.runtime": set(),
     "mosixd.core": set(),
-    "mosixd.settings": set(),
+    "mosixd.settings": {"mosrun.runtime"},
     "mosixd.wire": {"mosixd.core"},
     "mosixd.host": {"mosrun.runtime", "mosixd.core", "mosixd.wire"},
     "mosixd.home": {"mosrun.runtime", "mosixd.core", "mosixd.wire"},

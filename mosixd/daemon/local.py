@@ -36,24 +36,34 @@ class NodePlan:
     port: int
     peers: tuple[str, ...]
     load_source: str = "tasks"
+    name: str = ""  # the DNS name peers reach it by; "" for its address
 
     @property
     def address(self) -> str:
+        """Where it listens."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def advertise(self) -> str:
+        """Where peers reach it: by name if it has one."""
+        return f"{self.name or self.host}:{self.port}"
 
     def argv(self, *, state_dir: str, key_file: str, socket: str) -> list[str]:
         """The per-node mosixd flags."""
-        return ["--id", self.id, "--listen", self.address, "--peers", ",".join(self.peers),
-                "--load-source", self.load_source, "--state-dir", state_dir,
+        return ["--id", self.id, "--listen", self.address, *(["--advertise", self.advertise] if self.name else []),
+                "--peers", ",".join(self.peers), "--load-source", self.load_source, "--state-dir", state_dir,
                 "--key-file", key_file, "--socket", socket]
 
 
-def plan_cluster(n: int, port: int = DEFAULT_PORT) -> list[NodePlan]:
-    """Nodes n1..nN on 127.0.1.1..N, each told about all the others."""
+def plan_cluster(n: int, port: int = DEFAULT_PORT, domain: str | None = None) -> list[NodePlan]:
+    """Nodes n1..nN on 127.0.1.1..N, each told about all the others; with a ``domain``, known by
+    the names nK.DOMAIN (which must resolve to 127.0.1.K) instead of their addresses."""
     hosts = [f"127.0.1.{i}" for i in range(1, n + 1)]
+    names = [f"n{i}.{domain}" if domain else "" for i in range(1, n + 1)]
+    reach = [name or host for name, host in zip(names, hosts)]
     return [
-        NodePlan(id=f"n{i}", host=hosts[i - 1], port=port,
-                 peers=tuple(f"{h}:{port}" for h in hosts if h != hosts[i - 1]))
+        NodePlan(id=f"n{i}", host=hosts[i - 1], port=port, name=names[i - 1],
+                 peers=tuple(f"{r}:{port}" for r in reach if r != reach[i - 1]))
         for i in range(1, n + 1)
     ]
 
@@ -100,12 +110,15 @@ def cpuset_for(index: int, n: int, host_cpus: int) -> tuple[int, ...]:
 def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path,
                        cpus: int, cpuset: tuple[int, ...], speed: float, extra: dict[str, Any]) -> None:
     lines = [
-        "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'socket = "{sock}"',
+        "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'advertise = "{plan.advertise}"',
+        f'socket = "{sock}"',
         f'state_dir = "{state_dir}"', f'key_file = "{key_file}"',
         "peers = [" + ", ".join(f'"{p}"' for p in plan.peers) + "]",
+        *([f"leave_timeout = {extra['leave_timeout']}"] if extra.get("leave_timeout") is not None else []),
         "[load]", f'source = "{plan.load_source}"', f"cpus = {cpus}", f"speed = {speed:.4f}",
         "cpuset = [" + ", ".join(map(str, cpuset)) + "]",
-        "[gossip]", *(f"{k} = {v}" for k, v in extra.items() if v is not None and k != "balance"),
+        "[gossip]", *(f"{k} = {v}" for k, v in extra.items()
+                      if v is not None and k not in ("balance", "leave_timeout")),
     ]
     if extra.get("balance") is False:
         lines += ["[policy]", "balance = false"]
@@ -129,7 +142,7 @@ def run_local(args: argparse.Namespace) -> int:
         return 1
     if port == 0:
         port = _free_common_port(n)
-    plans = plan_cluster(n, port)
+    plans = plan_cluster(n, port, args.names)
     if problem := _check_free(plans):
         print(f"mosixd: {problem}", file=sys.stderr)
         return 1
@@ -140,7 +153,7 @@ def run_local(args: argparse.Namespace) -> int:
     generate_key(key_file)
     speed = args.speed or calibrate_speed()  # once, not N times on a shared host
     extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after,
-             "balance": args.balance}
+             "balance": args.balance, "leave_timeout": args.leave_timeout}
     nodes: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     host_cpus = detect_cpus()
@@ -157,7 +170,7 @@ def run_local(args: argparse.Namespace) -> int:
         if args.no_uvloop:
             cmd.append("--no-uvloop")
         procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
-        nodes.append({"id": plan.id, "address": plan.address, "socket": str(sock),
+        nodes.append({"id": plan.id, "address": plan.advertise, "socket": str(sock),
                       "session": str(sock.with_name("mosrun.sock")), "pid": procs[-1].pid,
                       "state_dir": str(node_dir), "config": str(config)})
     registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes}

@@ -42,14 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--no-balance", dest="balance", action="store_const", const=False, default=None,
                    help="never move tasks automatically (manual migrate still works)")
+    p.add_argument("--leave-timeout", type=float,
+                   help="on SIGTERM, seconds to move guest tasks away before stopping (default 60)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
     p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
+    p.add_argument("--names", metavar="DOMAIN", default=None,
+                   help="with --local: nodes are known by the names nK.DOMAIN, which must resolve to 127.0.1.K")
     return p
 
 
 _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
-              "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance")
+              "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance",
+              "leave_timeout")
 
 
 def setup_logging(level: str, name: str) -> None:
@@ -77,8 +82,9 @@ async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
         print(f"mosixd: {exc}", file=sys.stderr)
         return EXIT_START
     loop = asyncio.get_running_loop()
+    # The first signal is a graceful leave (guests move away first); a second stops at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop()))
+        loop.add_signal_handler(sig, node.shutdown)
     await node.wait_stopped()
     return 0
 

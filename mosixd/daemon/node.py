@@ -28,6 +28,7 @@ from mosixd.daemon.load import HostLoadSource, LoadSampler, TaskLoadSource, cali
 from mosixd.daemon.service import add_services
 from mosixd.home.context import HomeNode
 from mosixd.home.sessions import HomeSessions
+from mosixd.host.hosted import HostedTask
 from mosixd.host.spawner import Spawner
 from mosixd.host.tasks import TaskTable
 from mosixd.settings.config import Config
@@ -35,11 +36,13 @@ from mosixd.wire import codec
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosixd.wire.auth import ServerAuthInterceptor, open_aio_channel
+from mosrun.runtime import netaddr
 
 log = logging.getLogger("mosixd")
 
 SAMPLE_INTERVAL = 1.0
 BALANCE_INTERVAL = 1.0
+LEAVE_MOVES_AT_ONCE = 4   # guests moved away in parallel when the node leaves
 SERVER_OPTIONS = [
     # Two daemons must never share a port silently.
     ("grpc.so_reuseport", 0),
@@ -87,15 +90,16 @@ class NodeDaemon:
         self._clock = clock
         self._rng = rng or random.Random()
         self.spawner = Spawner()
+        advertise_host = netaddr.split(config.advertise)[0]
         self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
                                blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
-                               host=config.advertise.rpartition(":")[0])
+                               host=advertise_host)
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
         self.placement = Placement()
         self.rebalancer = Rebalancer(rng=self._rng)
         self.home = HomeSessions(HomeNode(
             node_id=config.node_id, generation=generation, python=self.python,
-            streams_host=config.advertise.rpartition(":")[0].strip("[]"), state_dir=config.state_dir,
+            advertise_host=advertise_host, state_dir=config.state_dir,
             placement=self.placement, now=self.now, cluster_view=self.cluster_view, channel=self.channel))
         now = clock()
         self.view = GossipView(
@@ -113,6 +117,8 @@ class NodeDaemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
+        self._leaving: asyncio.Task[None] | None = None
+        self._announced = 0  # peers told that this node leaves
         self.tcp_port: int | None = None
 
     # ---- what the servicers call ----------------------------------------------------
@@ -195,6 +201,7 @@ class NodeDaemon:
         self.tcp_port = self._bind_tcp(server)
         self._bind_unix(server)
         await server.start()
+        _share_with_directory_group(self.config.socket)
         self._server = server
         await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
@@ -234,6 +241,68 @@ class NodeDaemon:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def shutdown(self) -> None:
+        """SIGTERM or SIGINT: leave gracefully, then stop. A second signal stops at once."""
+        if self._stopped.is_set():
+            return
+        if self._leaving is not None:
+            log.info("node %s: stopping now, without waiting for its guests to move", self.node_id)
+            self._leaving.cancel()
+            return
+        self._leaving = asyncio.ensure_future(self.leave())
+        self._leaving.add_done_callback(self._then_stop)
+
+    def _then_stop(self, leaving: asyncio.Future[None]) -> None:
+        if not leaving.cancelled() and leaving.exception() is not None:
+            log.error("node %s: leaving failed: %r", self.node_id, leaving.exception())
+        self._inflight.add(asyncio.ensure_future(self.stop()))  # held, so it is not collected
+
+    async def leave(self) -> None:
+        """Leave the cluster without taking guests with it: take no new task, tell the peers,
+        and move every guest away, or end it with the reason sent to its home. Bounded by
+        ``leave_timeout``; the node's own tasks stay until it stops."""
+        deadline = self._clock() + self.config.leave_timeout
+        self.tasks.leaving = True
+        for task in self._tasks:
+            task.cancel()  # no more sampling, gossip or balancing: the node is on its way out
+        self.view.set_blocked(True, self._clock())
+        await self._announce_leave()
+        guests = self.tasks.guests()
+        if guests:
+            log.info("node %s leaving: moving %d guest task(s) away (at most %.0f s)", self.node_id,
+                     len(guests), self.config.leave_timeout)
+        room = asyncio.Semaphore(LEAVE_MOVES_AT_ONCE)
+        await asyncio.gather(*(self._evacuate(task, deadline, room) for task in guests))
+
+    async def _evacuate(self, task: HostedTask, deadline: float, room: asyncio.Semaphore) -> None:
+        """Move one guest away before the node leaves; end it if it cannot move."""
+        task_id = task.spec.task_id
+        async with room:
+            why = "it has no safe points (a Python task must call mosrun.resumable())"
+            if task.movable:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        reply = await self.migrate(pb.MigrateRequest(task_id=task_id, target="balance", uid=0))
+                        if reply.ok:
+                            await asyncio.shield(task.exited)  # the copy here ends once the new one runs
+                            log.info("task %s moved to %s before the node left", task_id, reply.node)
+                            return
+                        why = reply.message
+                except TimeoutError:
+                    why = f"no move finished within the node's leave timeout ({self.config.leave_timeout:g} s)"
+        await self.tasks.evict(task_id, f"it could not move: {why}")
+
+    async def _announce_leave(self) -> None:
+        """Tell the live peers at once that this node leaves, so none waits for a timeout."""
+        if self._announced:
+            return
+        now = self._clock()
+        leaving = codec.gossip_message(self.node_id, self.config.advertise, self.view.leave(now))
+        targets = self.view.leave_targets(now)
+        if targets:
+            await asyncio.gather(*(self._send(t, leaving, timeout=0.5) for t in targets), return_exceptions=True)
+        self._announced = max(1, len(targets))
+
     async def stop(self, grace: float = 1.0) -> None:
         """Tell peers we leave, stop the server, remove the socket."""
         if self._stopped.is_set():
@@ -241,11 +310,7 @@ class NodeDaemon:
         for task in self._tasks:
             task.cancel()
         await self.home.stop()
-        now = self._clock()
-        leaving = codec.gossip_message(self.node_id, self.config.advertise, self.view.leave(now))
-        targets = self.view.leave_targets(now)
-        if targets:
-            await asyncio.gather(*(self._send(t, leaving, timeout=0.5) for t in targets), return_exceptions=True)
+        await self._announce_leave()
         if self._server is not None:
             await self._server.stop(grace)
         for channel in self._channels.values():
@@ -253,7 +318,7 @@ class NodeDaemon:
         for path in (self.config.socket, self.session_socket):
             path.unlink(missing_ok=True)
         self.spawner.stop()
-        log.info("node %s stopped; told %d peer(s)", self.node_id, len(targets))
+        log.info("node %s stopped", self.node_id)
         self._stopped.set()
 
     # ---- loops --------------------------------------------------------------------------
@@ -347,15 +412,24 @@ def _socket_in_use(path: Path) -> bool:
     return True
 
 
+def _share_with_directory_group(path: Path) -> None:
+    """The tools' socket belongs to the group of its directory (mosix, for /run/mosix), whose
+    members may use it, whatever the daemon's own group and umask."""
+    try:
+        os.chown(path, -1, path.parent.stat().st_gid)
+        os.chmod(path, 0o660)
+    except OSError as exc:
+        log.warning("cannot open %s to the group of %s: %s", path, path.parent, exc.strerror)
+
+
 def _bind_reason(address: str) -> str:
     """Why binding failed, asked of the OS directly (grpc only says it failed)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    host, port = netaddr.split(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, int(port)))
+            probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return "address already in use (is another mosixd running?)"

@@ -23,7 +23,7 @@ class HomeNode:
     node_id: str
     generation: int            # task ids carry it, so a restarted node never reuses one
     python: str                # this node's Python version: a Python task needs the same
-    streams_host: str          # this node's own address: mosrun takes its task's streams there
+    advertise_host: str        # the name or address peers reach this node by
     state_dir: Path            # checkpoints kept at home live under it
     placement: Placement       # the node's placement, shared with its other users
     now: Callable[[], float]                          # the node's monotonic clock

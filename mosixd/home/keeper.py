@@ -103,8 +103,9 @@ class CheckpointKeeper:
             with contextlib.suppress(*CALL_ERRORS):
                 await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
 
-    async def failover(self, live: LiveTask, send: Any) -> bool:
-        """The node running the task is gone: restart it elsewhere from its latest checkpoint."""
+    async def failover(self, live: LiveTask, send: Any, what: str = "was lost") -> bool:
+        """The node running the task is gone (``what`` happened to it): restart the task elsewhere
+        from its latest checkpoint."""
         files = list_checkpoints(self.checkpoint_dir, live.spec.task_id) if live.spec.checkpoint_every else []
         if not files:
             return False
@@ -139,7 +140,7 @@ class CheckpointKeeper:
             live.call.cancel()
             live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
             live.spec.epoch = spec.epoch
-            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} was lost; "
+            await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} {what}; "
                                                f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})
             log.info("task %s: restarted on %s from %s after %s was lost", live.spec.task_id, choice.node_id,
                      latest.name, dead)

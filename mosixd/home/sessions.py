@@ -44,7 +44,7 @@ from mosixd.home.livetask import LiveTask, TaskRecord
 from mosixd.home.moves import Mover
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
-from mosrun.runtime import frames
+from mosrun.runtime import frames, netaddr
 
 log = logging.getLogger("mosixd.home.sessions")
 
@@ -69,7 +69,7 @@ def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpe
     try:
         streams_to = str(header["streams_to"])
         token = bytes.fromhex(str(header["streams_token"]))
-        port = int(streams_to.rpartition(":")[2])
+        streams_host, port = netaddr.split(streams_to)
         argv = [str(a) for a in header["argv"]]
         env = {str(k): str(v) for k, v in dict(header.get("env", {})).items()}
         ttys = [bool(t) for t in header.get("ttys", [False] * 3)][:3] + [False] * 3
@@ -86,8 +86,11 @@ def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpe
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise LaunchError(f"malformed launch request ({exc!r})") from None
-    if streams_to.rpartition(":")[0].strip("[]") != host or not 0 < port < 65536 or len(token) != frames.STREAM_TOKEN_SIZE:
-        raise LaunchError(f"malformed launch request (the task's streams must come to {host})")
+    if len(token) != frames.STREAM_TOKEN_SIZE:
+        raise LaunchError("malformed launch request (the streams' token has the wrong size)")
+    if not _same_address(streams_host, host):
+        raise LaunchError(f"malformed launch request (the task's streams must come to {host}, "
+                          f"not {streams_host})")
     if not argv or not os.path.isabs(spec.executable) or not os.path.isabs(spec.cwd):
         raise LaunchError("malformed launch request (empty command or relative paths)")
     try:
@@ -96,6 +99,14 @@ def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpe
     except KeyError:
         spec.user, spec.gid = str(uid), uid
     return spec
+
+
+def _same_address(given: str, expected: str) -> bool:
+    """Whether ``given`` (from mosrun) is the address ``expected``, compared as addresses."""
+    try:
+        return netaddr.canonical(given) == netaddr.canonical(expected)
+    except ValueError:
+        return False
 
 
 async def _close_gently(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 5.0) -> None:
@@ -164,7 +175,14 @@ class HomeSessions:
             await writer.drain()
 
         task_id = f"{self._node.node_id}.{self._node.generation}.{next(self._ids)}"
-        host = self._node.streams_host
+        try:
+            # The advertised name stands for an address of this machine: mosrun listens there.
+            host = await asyncio.to_thread(netaddr.own_address, self._node.advertise_host)
+        except OSError as exc:
+            log.warning("launch of %s refused: this node's address: %s", task_id, exc)
+            await send({"t": "error", "code": EXIT_LAUNCH, "message": (
+                f"the home node cannot take its task's streams: {exc.strerror or exc}")})
+            return
         await send({"t": "hello", "task": task_id, "host": host})
         frame = await frames.read_frame(reader)
         if frame is None:
@@ -193,6 +211,7 @@ class HomeSessions:
                 if live.switch_to:
                     live.switch_to[0].cancel()
         except LaunchError as exc:
+            log.warning("launch of %s refused: %s", task_id, exc)
             await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
         finally:
             self.records.pop(task_id, None)
@@ -273,22 +292,17 @@ class HomeSessions:
                     if live.switch_to is not None:
                         await self._switch(live, send)  # the source died after the target took over
                         continue
-                    if await self.keeper.failover(live, send):
-                        await send({"t": "epoch", "epoch": live.spec.epoch})
+                    if await self._recover(live, send, "was lost", f"node {record.where} running task "
+                                           f"{spec.task_id} was lost ({exc.code().name.lower()})"):
                         continue
-                    await send({"t": "error", "code": EXIT_LOST,
-                                "message": f"node {record.where} running task {spec.task_id} was lost "
-                                           f"({exc.code().name.lower()})"})
                     return
                 if event is grpc.aio.EOF:
                     if live.switch_to is not None:
                         await self._switch(live, send)
                         continue
-                    if await self.keeper.failover(live, send):
-                        await send({"t": "epoch", "epoch": live.spec.epoch})
+                    if await self._recover(live, send, "was lost", f"node {record.where} ended task "
+                                           f"{spec.task_id} without an exit status"):
                         continue
-                    await send({"t": "error", "code": EXIT_LOST,
-                                "message": f"node {record.where} ended task {spec.task_id} without an exit status"})
                     return
                 kind = event.WhichOneof("kind")
                 if kind == "stdin_ack":
@@ -297,6 +311,15 @@ class HomeSessions:
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
                 elif kind == "movable":
                     live.movable = True
+                elif kind == "evicted":
+                    # The node leaves the cluster and could not move the task: restart it from
+                    # its checkpoint at once, or tell the user why it ends.
+                    if live.move_events is not None:
+                        live.move_events.put_nowait(None)
+                    if await self._recover(live, send, "left the cluster", f"node {record.where} left the "
+                                           f"cluster; task {spec.task_id} ended there: {event.evicted}"):
+                        continue
+                    return
                 elif kind in ("checkpoint", "frozen", "sent", "freeze_failed"):
                     if live.move_events is not None:
                         await live.move_events.put(event)
@@ -313,6 +336,15 @@ class HomeSessions:
             # stream may have only one reader.
             upstream.cancel()
             await asyncio.gather(upstream, return_exceptions=True)
+
+    async def _recover(self, live: LiveTask, send: Any, what: str, why: str) -> bool:
+        """The task's copy is gone (``what`` happened to its node): restart it from its newest
+        checkpoint if it has one (True), else end the session, telling mosrun ``why`` (False)."""
+        if await self.keeper.failover(live, send, what):
+            await send({"t": "epoch", "epoch": live.spec.epoch})
+            return True
+        await send({"t": "error", "code": EXIT_LOST, "message": why})
+        return False
 
     @staticmethod
     async def _switch(live: LiveTask, send: Any) -> None:

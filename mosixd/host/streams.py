@@ -15,7 +15,7 @@ import socket
 
 from mosixd.host.hosted import SpawnError
 from mosixd.wire import mosix_pb2 as pb
-from mosrun.runtime import frames
+from mosrun.runtime import frames, netaddr
 
 log = logging.getLogger("mosixd.host.streams")
 
@@ -55,8 +55,7 @@ async def connect_stream(spec: pb.TaskSpec, kind: str) -> socket.socket:
     """One stream: connect, greet with the token, take mosrun's answer. Blocking afterwards,
     as the task expects of its fds."""
     loop = asyncio.get_running_loop()
-    host, _, port = spec.streams_to.rpartition(":")
-    host = host.strip("[]")
+    host, port = netaddr.split(spec.streams_to)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

@@ -32,7 +32,7 @@ from mosixd.host.outpipe import OutputPipe, big_pipe
 from mosixd.host.spawner import Spawner, SpawnFailed
 from mosixd.host.streams import open_streams, stdin_writer
 from mosixd.wire import mosix_pb2 as pb
-from mosrun.runtime import frames, launch, transfer
+from mosrun.runtime import frames, launch, netaddr, transfer
 
 log = logging.getLogger("mosixd.host.tasks")
 
@@ -57,7 +57,7 @@ class TaskTable:
                  blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = (),
                  host: str = "127.0.0.1") -> None:
         self.node_id = node_id
-        self._host = host.strip("[]")  # where a move's checkpoint stream comes in
+        self._host = host  # this node's advertised name or address: a move's checkpoint comes in there
         self._cpuset = cpuset
         self._spawner = spawner
         self._scratch_root = state_dir / "tasks"
@@ -65,6 +65,7 @@ class TaskTable:
         self._blocked = blocked
         self._max_tasks = max_tasks
         self.tasks: dict[str, HostedTask] = {}
+        self.leaving = False  # the node is leaving the cluster: it takes no task any more
         self._starting = 0
         self._cleanups: set[asyncio.Future[None]] = set()
 
@@ -101,6 +102,9 @@ class TaskTable:
             await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
             return
         spec = first.start if kind == "start" else first.reserve
+        if self.leaving:
+            await send(_refused(f"{self.node_id}: it is leaving the cluster", retry=True))
+            return
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
                        max_tasks=self._max_tasks)
@@ -137,10 +141,11 @@ class TaskTable:
         """
         token = secrets.token_bytes(transfer.TOKEN_SIZE)
         try:
-            listener = socket.create_server((self._host, 0))
+            ip = await asyncio.to_thread(netaddr.own_address, self._host)
+            listener = socket.create_server((ip, 0), family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
         except OSError as exc:
-            raise SpawnError(f"cannot listen for the checkpoint on {self._host}: {exc.strerror}") from None
-        address = f"{self._host}:{listener.getsockname()[1]}"
+            raise SpawnError(f"cannot listen for the checkpoint on {self._host}: {exc.strerror or exc}") from None
+        address = netaddr.join(ip, listener.getsockname()[1])
         try:
             task = await self._spawn(spec, restore=(listener, token))
         finally:
@@ -284,9 +289,23 @@ class TaskTable:
         await events.put(pb.HostEvent(exited=exited))
         await events.put(None)
 
-    async def _kill(self, task: HostedTask) -> None:
-        """End a task whose home went away: SIGTERM, then SIGKILL after a grace period."""
-        log.info("task %s: home session gone, ending it", task.spec.task_id)
+    def guests(self) -> list[HostedTask]:
+        """The tasks running here for other homes."""
+        return [t for t in self.tasks.values() if not t.local]
+
+    async def evict(self, task_id: str, reason: str) -> None:
+        """End a guest this node cannot keep (it is leaving): its home hears why first, and
+        then the exit status as usual."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        await task.events.put(pb.HostEvent(evicted=reason))
+        await self._kill(task, reason)
+
+    async def _kill(self, task: HostedTask, why: str = "home session gone") -> None:
+        """End a task (its home went away, or this node leaves): SIGTERM, then SIGKILL after a
+        grace period."""
+        log.info("task %s: %s, ending it", task.spec.task_id, why)
         task.signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(task.exited), KILL_GRACE)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from mosrun.runtime import netaddr
+
 DEFAULT_CONFIG = Path("/etc/mosix/mosix.toml")
 DEFAULT_PORT = 7410
 
@@ -40,15 +42,17 @@ class Config:
     down_after: float = 5.0
     log_level: str = "info"
     balance: bool = True
+    leave_timeout: float = 60.0     # on SIGTERM: at most this long to move the guests away
     source: Path | None = field(default=None, compare=False)
 
 
 def _address(key: str, value: Any) -> str:
-    if not isinstance(value, str) or value.count(":") < 1:
+    if not isinstance(value, str):
         raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected HOST:PORT with a port in 1..65535, got {value!r}")
+    try:
+        netaddr.split(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
     return value
 
 
@@ -119,6 +123,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "node.state_dir": ("state_dir", _path),
     "node.key_file": ("key_file", _path),
     "node.peers": ("peers", _peers),
+    "node.leave_timeout": ("leave_timeout", _number(float, minimum=0.0, allow_zero=True)),
     "load.source": ("load_source", _choice("host", "tasks")),
     "load.cpus": ("cpus", _number(int, minimum=1, allow_zero=True)),
     "load.cpuset": ("cpuset", _cpuset),
@@ -190,7 +195,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
 
 def _with_advertise(config: Config) -> Config:
     """Peers need a reachable address: 0.0.0.0 is replaced by this host's name."""
-    host, _, port = config.listen.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]", ""):
+    host, port = netaddr.split(config.listen)
+    if host in ("0.0.0.0", "::"):
         host = socket.gethostname()
-    return replace(config, advertise=f"{host}:{port}")
+    return replace(config, advertise=netaddr.join(host, port))

@@ -30,6 +30,18 @@ def alive(pid: int) -> bool:
     return True
 
 
+def present(path: str | os.PathLike[str]) -> bool:
+    """Whether a daemon's socket (or anything) is at ``path``. One this user may not even look
+    at counts, so that the tools then say "permission denied" rather than that no daemon runs."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def read_registry(directory: Path | None = None) -> dict[str, Any] | None:
     """The running local cluster of this user, or None (stale registries are ignored)."""
     path = (directory or runtime_dir()) / REGISTRY

@@ -240,7 +240,7 @@ class TaskUsage(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class HostEvent(_message.Message):
-    __slots__ = ("started", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "sent", "freeze_failed", "movable")
+    __slots__ = ("started", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "sent", "freeze_failed", "movable", "evicted")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,7 @@ class HostEvent(_message.Message):
     SENT_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FAILED_FIELD_NUMBER: _ClassVar[int]
     MOVABLE_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
     started: TaskStarted
     exited: TaskExit
     refused: Refusal
@@ -263,7 +264,8 @@ class HostEvent(_message.Message):
     sent: Handover
     freeze_failed: str
     movable: bool
-    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ...) -> None: ...
+    evicted: str
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ..., evicted: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")

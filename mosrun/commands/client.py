@@ -70,7 +70,7 @@ def _system_key() -> Path:
 
 def resolve(node: str | None, key: Path | None) -> Target:
     """Find the daemon and its key, following the order in the module docstring."""
-    from mosixd.settings.registry import find_local_node, read_registry
+    from mosixd.settings.registry import find_local_node, present, read_registry
 
     registry = read_registry()
     local_key = Path(registry["key_file"]) if registry else None
@@ -87,7 +87,7 @@ def resolve(node: str | None, key: Path | None) -> Target:
             raise ClientError(f"unknown node {node!r}: not HOST:PORT, unix:PATH, or a node of a running local cluster",
                               EXIT_NO_DAEMON)
         return Target(node, key or _system_key(), node)
-    if SYSTEM_SOCKET.exists():
+    if present(SYSTEM_SOCKET):
         return Target(f"unix:{SYSTEM_SOCKET}", key or _system_key(), "this host")
     if registry and registry.get("nodes"):
         first = registry["nodes"][0]
@@ -110,6 +110,12 @@ class Connection:
             key = load_key(target.key_file)
         except KeyFileError as exc:
             raise ClientError(str(exc), EXIT_REFUSED) from None
+        from mosixd.settings.registry import present
+
+        if target.grpc_target.startswith("unix:") and present(target.grpc_target[5:]):
+            path = target.grpc_target[5:]
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise ClientError(f"{path}: permission denied (members of its group may use it)", EXIT_NO_DAEMON)
         self.target = target
         self._grpc = grpc
         self._channel = open_channel(target.grpc_target, key)

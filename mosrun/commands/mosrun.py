@@ -167,7 +167,7 @@ def which(command: str, path: str | None) -> str | None:
 
 def session_path(home_node: str | None) -> str:
     """The home daemon's session socket; raises LookupError with a one-line reason."""
-    from mosixd.settings.registry import find_local_node, read_registry
+    from mosixd.settings.registry import find_local_node, present, read_registry
 
     home_node = home_node or os.environ.get("MOSIX_NODE") or None
     registry = read_registry()
@@ -180,7 +180,7 @@ def session_path(home_node: str | None) -> str:
             return home_node if home_node.endswith("mosrun.sock") else os.path.join(os.path.dirname(home_node), "mosrun.sock")
         raise LookupError(f"{home_node!r} is not a daemon of this machine: mosrun runs from the task's home node "
                           "(give a local node id or the path of a mosrun.sock)")
-    if os.path.exists(SYSTEM_SESSION):
+    if present(SYSTEM_SESSION):
         return SYSTEM_SESSION
     if registry and registry.get("nodes"):
         return registry["nodes"][0]["session"]

@@ -23,7 +23,7 @@ import socket
 import time
 from typing import Iterable
 
-from mosrun.runtime import checkpoint
+from mosrun.runtime import checkpoint, netaddr
 
 TOKEN_SIZE = 32
 ACK, NAK = b"+", b"-"
@@ -38,9 +38,8 @@ class TransferError(Exception):
 
 
 def _connect(address: str, timeout: float) -> socket.socket:
-    host, _, port = address.rpartition(":")
     try:
-        sock = socket.create_connection((host, int(port)), timeout=timeout)
+        sock = socket.create_connection(netaddr.split(address), timeout=timeout)
     except (OSError, ValueError) as exc:
         raise TransferError(f"cannot reach the target at {address} ({exc})") from None
     sock.settimeout(IDLE_TIMEOUT)
