@@ -130,6 +130,37 @@ def test_a_task_loads_neither_grpc_nor_the_daemon_before_or_after_a_move(shared_
     assert (stdout, proc.returncode) == (b"start n2 []\nend n3 [] True\n", 0), stderr
 
 
+def test_a_big_state_streams_while_the_task_runs_and_arrives_exact(shared_rig3: LocalRig, tmp_path: Path) -> None:
+    # 48 MB of state, a MB of it rewritten at every step: pre-copied, then the changes at the freeze.
+    write(tmp_path / "job.py", """
+        import time, zlib
+        from mosrun import resumable, safepoint
+
+        state = resumable(step=0, blob=None)
+        if state.blob is None:
+            state.blob = bytearray(48 << 20)
+        while state.step < 150:
+            at = (state.step * 7 % 48) << 20
+            state.blob[at:at + (1 << 20)] = bytes([state.step % 256]) * (1 << 20)
+            state.step += 1
+            if state.step % 10 == 0:
+                print("step", state.step, zlib.crc32(state.blob), flush=True)
+            time.sleep(0.02)
+            safepoint()
+        print("done", zlib.crc32(state.blob))
+    """)
+    local = subprocess.run([PY, "job.py"], cwd=tmp_path, capture_output=True, timeout=60)
+    proc = start(shared_rig3, tmp_path, "job.py")
+    task = running_task(shared_rig3)
+    time.sleep(1.0)  # a usage report tells the home how big it is
+    out = migrate(shared_rig3, task["id"], "n3")
+    result = json.loads(out.stdout)
+    assert out.returncode == 0 and result["ok"], out.stdout + out.stderr
+    assert result["precopy_rounds"] >= 1 and result["precopy_bytes"] >= 48 << 20
+    stdout, stderr = proc.communicate(timeout=60)
+    assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, local.returncode)
+
+
 def test_unpicklable_state_refuses_the_move_and_the_task_goes_on(shared_rig3: LocalRig, tmp_path: Path) -> None:
     write(tmp_path / "job.py", """
         import socket, time

@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,72 @@ def test_a_stored_checkpoint_file_is_sent_as_it_is(tmp_path: Path) -> None:
     receiver.join()
     assert receiver.result is not None
     assert ck.loads(receiver.result[0], buffers=receiver.result[1], checked=True)[1].step == 41
+
+
+# ---- pre-copy: the state streams while the task runs, then only what changed --------------------
+
+def precopy_move(state: ResumableState, between_rounds: Any = None,
+                 change_before_freeze: Any = None) -> tuple[ResumableState, Any]:
+    """Run a pre-copied move of ``state`` to a receiver, as the task's runtime does: note the
+    buffers, stream them (``between_rounds`` runs while they go), then freeze and finish."""
+    from mosrun.runtime import precopy
+    from mosrun.runtime.checkpoint import pickling
+
+    receiver = Receiver()
+    buffers = [v.obj if type(v.obj) is bytearray else v for v in pickling.pickle_state(state).buffers]
+    ready = threading.Event()
+    pre = precopy.PreCopy(transfer.open_stream(receiver.address, TOKEN), buffers, ready.set)
+    pre.start()
+    if between_rounds is not None:
+        between_rounds(state)
+    assert ready.wait(30)
+    if change_before_freeze is not None:
+        change_before_freeze(state)
+    pieces = ck.dumps(state, task_id="t", epoch=1)
+    with pre.sock:
+        pre.finish(pieces, len(pieces) - len(ck.read_header(pieces[0]).buffers))
+        transfer.answer(pre.sock, receiver.address)
+    receiver.join()
+    assert receiver.error is None, receiver.error
+    assert receiver.result is not None
+    return ck.loads(receiver.result[0], buffers=receiver.result[1], checked=True)[1], pre
+
+
+def test_a_precopied_state_arrives_whole_and_only_changes_go_at_the_freeze() -> None:
+    from mosrun.runtime import precopy
+
+    state = ResumableState(step=1, blob=bytearray(os.urandom(40 << 20)), small=list(range(10)))
+
+    def touch(s: ResumableState) -> None:
+        s.blob[5 << 20:(5 << 20) + 10] = b"x" * 10  # one chunk changed after the snapshot
+        s.step = 2
+
+    back, pre = precopy_move(state, change_before_freeze=touch)
+    assert back.blob == state.blob and back.step == 2 and back.small == list(range(10))
+    # Everything once while the task ran, and at the freeze the one chunk that changed.
+    assert pre.rounds >= 1 and pre.bytes <= (40 << 20) + 2 * precopy.CHUNK
+
+
+def test_a_buffer_that_changed_size_or_appeared_is_sent_whole() -> None:
+    state = ResumableState(blob=bytearray(os.urandom(20 << 20)), other=None)
+
+    def grow(s: ResumableState) -> None:
+        s.blob += os.urandom(3 << 20)  # the task may resize a buffer while it streams
+        s.other = bytearray(os.urandom(2 << 20))
+
+    back, _ = precopy_move(state, change_before_freeze=grow)
+    assert back.blob == state.blob and back.other == state.other and len(back.blob) == 23 << 20
+
+
+def test_a_damaged_precopy_is_refused_before_anything_is_restored() -> None:
+    from mosrun.runtime import precopy
+
+    receiver = Receiver()
+    sock = transfer.open_stream(receiver.address, TOKEN)
+    with sock:
+        sock.sendall(precopy.MAGIC + bytes([precopy.LAYOUT]) + (1).to_bytes(4, "big") + (1 << 20).to_bytes(8, "big"))
+        sock.sendall(precopy.HEAD.pack(precopy.CHUNK_RECORD, 0, 1 << 20, 10))  # a chunk past the buffer's end
+        with pytest.raises(transfer.TransferError, match="refused the checkpoint: a pre-copied chunk lies outside"):
+            transfer.answer(sock, receiver.address)
+    receiver.join()
+    assert isinstance(receiver.error, ck.CorruptCheckpoint)

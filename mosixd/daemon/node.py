@@ -161,7 +161,7 @@ class NodeDaemon:
         if view is None or view.state is NodeState.DOWN:
             return pb.MigrateReply(ok=False, message=f"the home node {home} of task {request.task_id} is not reachable")
         try:
-            return await rpc.AdminStub(self.channel(view.address)).Migrate(request, timeout=120)
+            return await rpc.AdminStub(self.channel(view.address)).Migrate(request, timeout=900)
         except grpc.aio.AioRpcError as exc:
             return pb.MigrateReply(ok=False, message=f"home node {home}: {exc.details()}")
 

@@ -85,8 +85,10 @@ class Mover:
     async def _move(self, live: LiveTask, target_id: str, address: str) -> pb.MigrateReply:
         """Drive one move with the Migration state machine; the task keeps running on any failure."""
         assert live.move_events is not None
+        # A big state is pre-copied before the freeze: allow for it at a modest 4 MB/s.
         plan = MigrationPlan(task_id=live.spec.task_id, source=live.node_id, target=target_id,
-                             reason="manual", home=self._node.node_id)
+                             reason="manual", home=self._node.node_id,
+                             freeze_timeout=30.0 + live.record.rss / (4 << 20))
         machine = Migration(plan, self._node.now())
         spec = pb.TaskSpec()
         spec.CopyFrom(live.spec)
@@ -117,7 +119,8 @@ class Mover:
                     frozen_asked = True
                     try:
                         await live.write(pb.HomeMessage(freeze=pb.Freeze(
-                            id=freeze_id, send_to=reservation.checkpoint_to, token=reservation.token)))
+                            id=freeze_id, send_to=reservation.checkpoint_to, token=reservation.token,
+                            precopy=True)))
                     except CALL_ERRORS:
                         pending += machine.abort(f"task {plan.task_id} ended before it could move", now)
                 elif isinstance(action, SendChunk):
@@ -162,4 +165,5 @@ class Mover:
         # The task stood still while it streamed its checkpoint, then until the target confirmed.
         return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
                                freeze_seconds=handover.seconds + (machine.freeze_duration or 0.0),
-                               state_bytes=handover.size, transfer_seconds=handover.seconds)
+                               state_bytes=handover.size, transfer_seconds=handover.seconds,
+                               precopy_bytes=handover.precopy_bytes, precopy_rounds=handover.precopy_rounds)

@@ -36,8 +36,10 @@ async def control_events(task: HostedTask, reader: asyncio.StreamReader,
             elif header["t"] == "sent":  # a move's checkpoint, streamed straight to the target
                 log.info("task %s: checkpoint of %d bytes handed over in %.3f s", task.spec.task_id,
                          int(header["size"]), float(header.get("seconds", 0.0)))
-                await events.put(pb.HostEvent(sent=pb.Handover(size=int(header["size"]),
-                                                               seconds=float(header.get("seconds", 0.0)))))
+                await events.put(pb.HostEvent(sent=pb.Handover(
+                    size=int(header["size"]), seconds=float(header.get("seconds", 0.0)),
+                    precopy_bytes=int(header.get("precopy_bytes", 0)),
+                    precopy_rounds=int(header.get("precopy_rounds", 0)))))
             elif header["t"] == "freeze_failed":
                 await events.put(pb.HostEvent(freeze_failed=str(header.get("reason", "unknown"))))
             elif header["t"] == "checkpoint":
@@ -78,7 +80,7 @@ def freeze_frame(freeze: pb.Freeze) -> bytes:
     """The control frame asking a runtime for a checkpoint: home, or straight to a target."""
     header: dict[str, object] = {"t": "freeze", "id": freeze.id}
     if freeze.send_to:
-        header.update(to=freeze.send_to, token=freeze.token.hex())
+        header.update(to=freeze.send_to, token=freeze.token.hex(), precopy=freeze.precopy)
     return frames.encode(header)
 
 

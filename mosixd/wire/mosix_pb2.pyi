@@ -174,22 +174,28 @@ class HomeMessage(_message.Message):
     def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
 
 class Freeze(_message.Message):
-    __slots__ = ("id", "send_to", "token")
+    __slots__ = ("id", "send_to", "token", "precopy")
     ID_FIELD_NUMBER: _ClassVar[int]
     SEND_TO_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PRECOPY_FIELD_NUMBER: _ClassVar[int]
     id: int
     send_to: str
     token: bytes
-    def __init__(self, id: _Optional[int] = ..., send_to: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+    precopy: bool
+    def __init__(self, id: _Optional[int] = ..., send_to: _Optional[str] = ..., token: _Optional[bytes] = ..., precopy: _Optional[bool] = ...) -> None: ...
 
 class Handover(_message.Message):
-    __slots__ = ("size", "seconds")
+    __slots__ = ("size", "seconds", "precopy_bytes", "precopy_rounds")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PRECOPY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRECOPY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     size: int
     seconds: float
-    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    precopy_bytes: int
+    precopy_rounds: int
+    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("checkpoint_to", "token")
@@ -314,17 +320,21 @@ class MigrateRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., target: _Optional[str] = ..., uid: _Optional[int] = ...) -> None: ...
 
 class MigrateReply(_message.Message):
-    __slots__ = ("ok", "message", "node", "freeze_seconds", "state_bytes", "transfer_seconds")
+    __slots__ = ("ok", "message", "node", "freeze_seconds", "state_bytes", "transfer_seconds", "precopy_bytes", "precopy_rounds")
     OK_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     FREEZE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PRECOPY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRECOPY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     message: str
     node: str
     freeze_seconds: float
     state_bytes: int
     transfer_seconds: float
-    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., freeze_seconds: _Optional[float] = ..., state_bytes: _Optional[int] = ..., transfer_seconds: _Optional[float] = ...) -> None: ...
+    precopy_bytes: int
+    precopy_rounds: int
+    def __init__(self, ok: _Optional[bool] = ..., message: _Optional[str] = ..., node: _Optional[str] = ..., freeze_seconds: _Optional[float] = ..., state_bytes: _Optional[int] = ..., transfer_seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ...) -> None: ...

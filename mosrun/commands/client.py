@@ -31,6 +31,7 @@ EXIT_ERROR = 1
 EXIT_NO_DAEMON = 3
 EXIT_REFUSED = 4
 CALL_TIMEOUT = 5.0
+MIGRATE_TIMEOUT = 900.0  # a big state pre-copied over a slow link takes its time
 
 
 class ClientError(Exception):
@@ -156,17 +157,18 @@ class Connection:
 
     def migrate(self, task_id: str, target: str) -> dict[str, Any]:
         """Ask for a move; returns {"ok", "message", "node", "freeze_seconds", "state_bytes",
-        "transfer_seconds"}."""
+        "transfer_seconds", "precopy_bytes", "precopy_rounds"}."""
         from mosixd.wire import mosix_pb2 as pb
 
         request = pb.MigrateRequest(task_id=task_id, target=target, uid=os.getuid())
         try:
-            reply = self._admin.Migrate(request, timeout=180)
+            reply = self._admin.Migrate(request, timeout=MIGRATE_TIMEOUT)
         except self._grpc.RpcError as exc:
             raise _client_error(exc, self.target) from None
         return {"ok": reply.ok, "message": reply.message, "node": reply.node,
                 "freeze_seconds": round(reply.freeze_seconds, 4), "state_bytes": reply.state_bytes,
-                "transfer_seconds": round(reply.transfer_seconds, 4)}
+                "transfer_seconds": round(reply.transfer_seconds, 4), "precopy_bytes": reply.precopy_bytes,
+                "precopy_rounds": reply.precopy_rounds}
 
     def set_blocked(self, blocked: bool) -> dict[str, Any]:
         """Block or unblock the answering node; returns its node dict."""

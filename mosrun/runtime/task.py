@@ -17,8 +17,14 @@ import os
 import sys
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mosrun.runtime.precopy import PreCopy
+
 _pending = 0                     # set by the control thread: the id of the freeze asked for
 _send_to: tuple[str, bytes] | None = None   # with it: where a move's target waits, and its token
+_precopy_wanted = False          # with it: send the state while the task runs first (a big move)
+_precopy: "PreCopy | None" = None  # the pre-copy under way, once the task has noted its buffers
 _restored: tuple[bytearray, list[bytearray]] | None = None  # a move's checkpoint, received early
 _state: "ResumableState | None" = None
 _control: "_Control | None" = None
@@ -144,10 +150,12 @@ def _flush() -> None:
 
 
 def _freeze() -> None:
-    global _pending
-    stopped = time.monotonic()
+    global _pending, _precopy
     freeze, _pending = _pending, 0
     assert _control is not None and _state is not None
+    if _send_to is not None and _precopy_wanted and _precopy is None and _start_precopy(freeze):
+        return  # the task goes on while its state streams; the pre-copy asks for the freeze again
+    stopped = time.monotonic()
     _flush()  # everything printed so far reaches home before the checkpoint does
     from mosrun.runtime import checkpoint, proxy
 
@@ -167,15 +175,54 @@ def _freeze() -> None:
     else:  # a move: straight to the target
         from mosrun.runtime import transfer
 
+        pre, _precopy = _precopy, None
         try:
-            transfer.send(*send_to, pieces)
-        except transfer.TransferError as exc:
+            if pre is None:
+                transfer.send(*send_to, pieces)
+            else:  # only what changed since the pre-copy
+                with pre.sock:
+                    pre.finish(pieces, len(pieces) - len(checkpoint.read_header(pieces[0]).buffers))
+                    transfer.answer(pre.sock, send_to[0])
+        except (transfer.TransferError, OSError) as exc:
             _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
             return
-        _control.send({"t": "sent", "id": freeze, "size": size, "seconds": time.monotonic() - stopped})
+        _control.send({"t": "sent", "id": freeze, "size": size, "seconds": time.monotonic() - stopped,
+                       "precopy_bytes": pre.bytes if pre else 0, "precopy_rounds": pre.rounds if pre else 0})
     if _control.verdict(freeze) == "exit":
         _flush()
         os._exit(0)  # this copy is done: the task goes on elsewhere, with its atexit handlers
+
+
+def _start_precopy(freeze: int) -> bool:
+    """At a safe point of a big move: note the state's big buffers and start streaming them to
+    the target while the task goes on (True); False when a plain freeze will do (a small state,
+    or one the final freeze will refuse with its reason)."""
+    global _precopy
+    from mosrun.runtime import precopy, transfer
+    from mosrun.runtime.checkpoint import CheckpointError, pickling
+
+    assert _control is not None and _send_to is not None
+    try:
+        views = pickling.pickle_state(_state).buffers
+    except CheckpointError:
+        return False
+    # Bytearrays are held as themselves, not as views: the task may resize them meanwhile.
+    buffers = [v.obj if type(v.obj) is bytearray and v.nbytes == len(v.obj) else v for v in views]
+    if precopy.PreCopy.total(buffers) < precopy.MIN_BYTES:
+        return False
+    try:
+        sock = transfer.open_stream(*_send_to)
+    except transfer.TransferError as exc:
+        _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
+        return True
+
+    def ready() -> None:
+        global _pending
+        _pending = freeze  # freeze at the next safe point: what is left to send is small
+
+    _precopy = precopy.PreCopy(sock, buffers, ready)
+    _precopy.start()
+    return True
 
 
 def _prepare() -> None:
@@ -220,7 +267,7 @@ class _Control:
                 return kind
 
     def _listen(self) -> None:
-        global _pending, _send_to
+        global _pending, _send_to, _precopy_wanted
         while True:
             try:
                 frame = self._frames.recv_frame(self._sock)
@@ -233,6 +280,7 @@ class _Control:
                 _prepare()
                 to = frame[0].get("to")
                 _send_to = (str(to), bytes.fromhex(str(frame[0].get("token", "")))) if to else None
+                _precopy_wanted = bool(frame[0].get("precopy"))
                 _pending = about
             elif kind in ("resume", "exit"):
                 self._verdicts.put((kind, about))

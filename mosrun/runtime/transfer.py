@@ -20,16 +20,21 @@ from __future__ import annotations
 import hmac
 import os
 import socket
+import struct
 import time
 from typing import Iterable
 
-from mosrun.runtime import checkpoint, netaddr
+from mosrun.runtime import checkpoint, netaddr, precopy
 
 TOKEN_SIZE = 32
 ACK, NAK = b"+", b"-"
 SLICE = 1 << 20          # checksummed as each slice arrives
 MAX_HEADER = 1 << 20     # a checkpoint header is a few hundred bytes; more is garbage
 MAX_STRAYS = 8           # connections without the token before the receiver gives up
+MAX_BUFFERS = 1 << 16    # out-of-band buffers a pre-copy may announce
+MAX_STATE = 1 << 40      # bytes they may add up to
+MAX_PICKLE = 1 << 32     # the in-band pickle of a state
+MAX_CHUNK = 16 << 20     # one pre-copied chunk
 IDLE_TIMEOUT = 30.0      # a stream that stalls this long is abandoned
 
 
@@ -54,6 +59,26 @@ def _answer(sock: socket.socket, address: str) -> None:
         return
     reason = reply[1:].decode(errors="replace").strip() if reply[:1] == NAK else ""
     raise TransferError(f"the target at {address} refused the checkpoint: {reason or 'it closed the stream'}")
+
+
+def open_stream(address: str, token: bytes, timeout: float = 10.0) -> socket.socket:
+    """A stream to the target waiting at ``address``, the move's token already sent (for a
+    pre-copy, which then writes its records and calls :func:`answer`)."""
+    sock = _connect(address, timeout)
+    try:
+        sock.sendall(token)
+    except OSError as exc:
+        sock.close()
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
+    return sock
+
+
+def answer(sock: socket.socket, address: str) -> None:
+    """Wait for the target's verdict on what was sent: TransferError if it refused it."""
+    try:
+        _answer(sock, address)
+    except OSError as exc:
+        raise TransferError(f"the checkpoint stream to {address} broke ({exc})") from None
 
 
 def send(address: str, token: bytes, pieces: Iterable[bytes | memoryview], timeout: float = 10.0) -> None:
@@ -124,11 +149,12 @@ def _allocate(sizes: list[int], room: bytearray | None) -> list[bytearray]:
     return out
 
 
-def _read_checkpoint(conn: socket.socket, room: bytearray | None) -> tuple[bytearray, list[bytearray]]:
-    """One whole checkpoint from ``conn``, its checksum verified as it came: the header
-    with the pickle, and each out-of-band buffer in its own bytearray (the restored state
-    keeps those as they are)."""
-    prefix = _recv_exact(conn, checkpoint.PREFIX_SIZE)
+def _read_checkpoint(conn: socket.socket, room: bytearray | None,
+                     start: bytes = b"") -> tuple[bytearray, list[bytearray]]:
+    """One whole checkpoint from ``conn`` (``start``: its first bytes, already read), its
+    checksum verified as it came: the header with the pickle, and each out-of-band buffer in
+    its own bytearray (the restored state keeps those as they are)."""
+    prefix = start + _recv_exact(conn, checkpoint.PREFIX_SIZE - len(start))
     size = checkpoint.header_size(prefix)
     if size > MAX_HEADER:
         raise checkpoint.CorruptCheckpoint(f"checkpoint header of {size} bytes is implausible")
@@ -142,6 +168,56 @@ def _read_checkpoint(conn: socket.socket, room: bytearray | None) -> tuple[bytea
         _read_into(conn, buffer, summed)
     checkpoint.check_sum(header, b"", summed.hexdigest())  # the sum of everything after the header
     return data, buffers
+
+
+def _read_precopy(conn: socket.socket, room: bytearray | None) -> tuple[bytearray, list[bytearray]]:
+    """A pre-copied checkpoint (``precopy``): buffers sent in chunks while the task ran, then
+    the header and pickle, then the chunks changed since. The checksum of the whole is
+    verified at the end, before anything is unpickled."""
+    buffers: list[bytearray] = []
+    data: bytearray | None = None
+    header: checkpoint.CheckpointHeader | None = None
+    while True:
+        kind = _recv_exact(conn, 1)[0]
+        if kind == precopy.LAYOUT and data is None and not buffers:
+            count = struct.unpack(">I", _recv_exact(conn, 4))[0]
+            if count > MAX_BUFFERS:
+                raise checkpoint.CorruptCheckpoint(f"pre-copy of {count} buffers is implausible")
+            sizes = list(struct.unpack(f">{count}Q", _recv_exact(conn, 8 * count)))
+            if sum(sizes) > MAX_STATE:
+                raise checkpoint.CorruptCheckpoint(f"pre-copy of {sum(sizes)} bytes is implausible")
+            buffers = _allocate(sizes, room)
+        elif kind == precopy.CHUNK_RECORD:
+            _, index, offset, length = precopy.HEAD.unpack(bytes([kind]) + _recv_exact(conn, precopy.HEAD.size - 1))
+            if index >= len(buffers) or offset + length > len(buffers[index]) or length > MAX_CHUNK:
+                raise checkpoint.CorruptCheckpoint("a pre-copied chunk lies outside its buffer")
+            view = memoryview(buffers[index])[offset:offset + length]
+            got = 0
+            while got < length:
+                n = conn.recv_into(view[got:])
+                if not n:
+                    raise TransferError("the checkpoint stream ended inside a chunk")
+                got += n
+        elif kind == precopy.FINAL and data is None:
+            length = struct.unpack(">Q", _recv_exact(conn, 8))[0]
+            if length > MAX_PICKLE:
+                raise checkpoint.CorruptCheckpoint(f"a checkpoint pickle of {length} bytes is implausible")
+            data = _recv_exact(conn, length)
+            header = checkpoint.read_header(data)
+            if len(data) != checkpoint.header_size(data) + header.payload_size:
+                raise checkpoint.CorruptCheckpoint("the checkpoint's pickle does not match its header")
+            # The buffers the header lists: those pre-copied at their size, the others sent whole.
+            buffers = [buffers[i] if i < len(buffers) and len(buffers[i]) == n else bytearray(n)
+                       for i, n in enumerate(header.buffers)]
+        elif kind == precopy.END and header is not None and data is not None:
+            summed = checkpoint.body_sum(header.checksum_algorithm)
+            for piece in (memoryview(data)[checkpoint.header_size(data):], *map(memoryview, buffers)):
+                for start in range(0, len(piece), SLICE):
+                    summed.update(piece[start:start + SLICE])
+            checkpoint.check_sum(header, b"", summed.hexdigest())
+            return data, buffers
+        else:
+            raise checkpoint.CorruptCheckpoint(f"unexpected record {kind} in a pre-copied checkpoint")
 
 
 def receive(listener: socket.socket, token: bytes, timeout: float,
@@ -170,7 +246,11 @@ def receive(listener: socket.socket, token: bytes, timeout: float,
             if not hmac.compare_digest(bytes(presented), token):
                 continue  # a stray or hostile connection: not the task's source
             try:
-                data = _read_checkpoint(conn, room)
+                magic = bytes(_recv_exact(conn, len(precopy.MAGIC)))
+                if magic == precopy.MAGIC:
+                    data = _read_precopy(conn, room)
+                else:
+                    data = _read_checkpoint(conn, room, magic)
             except checkpoint.CheckpointError as exc:
                 _say(conn, NAK + str(exc).encode()[:1000])
                 raise
