@@ -170,7 +170,8 @@ def test_eight_launches_at_once_spread_four_and_four(tmp_path: Path) -> None:
             outs = list(pool.map(lambda _: rig.mosrun("sh", "-c", busy, timeout=120), range(8)))
         nodes = sorted(o.stdout.decode().strip() for o in outs)
         assert all(o.returncode == 0 for o in outs)
-        assert nodes == ["n1"] * 4 + ["n2"] * 4
+        placed = [line for line in rig.log.read_text().splitlines() if "started" in line or "refus" in line]
+        assert nodes == ["n1"] * 4 + ["n2"] * 4, "\n".join(placed)
     finally:
         rig.stop()
 

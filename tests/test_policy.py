@@ -274,3 +274,15 @@ def test_admit_reasons():
     assert admit(own(local_tasks=2, guest_tasks=1), JobRequest(), blocked=False, starting=1,
                  max_tasks=4) == "node is full (4 tasks)"
     assert admit(own(local_tasks=9), JobRequest(), blocked=False, starting=3, max_tasks=0) is None
+
+
+def test_a_slow_start_is_confirmed_only_by_an_entry_made_after_it():
+    placement = Placement(confirm_lag=2.0)
+    reservation = placement.reserve("n1", JobRequest(), now=10.0)
+    placement.started(reservation, now=14.0)  # the node took 4 s to start it
+    # n1's entry born at 13.0 is past the lag after the reservation, but before the start.
+    placement.observe([node("n1", age=2.0)], now=15.0)
+    assert placement.pending() == {"n1": 1}
+    placement.observe([node("n1", age=0.5, tasks=1)], now=16.5)
+    assert placement.pending() == {}
+    placement.started(reservation, now=17.0)  # a reservation gone already: harmless

@@ -21,6 +21,7 @@ decided in ``mosixd.core.rebalance`` with the same cost functions.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import Counter
@@ -191,6 +192,7 @@ class _Reservation:
     cpu: float
     memory: int  # bytes
     made: float
+    started: float | None = None  # when the node said the task runs: it counts it from then on
 
 
 class Placement:
@@ -285,6 +287,13 @@ class Placement:
         best = self.rank(nodes, job, now, exclude=exclude)[0]
         return best, self.reserve(best.node_id, job, now)
 
+    def started(self, reservation: int, now: float) -> None:
+        """The node confirmed the start: only an entry it made after that can count the task
+        (a slow start must not be taken as confirmed by an entry made before it)."""
+        r = self._held.get(reservation)
+        if r is not None:
+            self._held[reservation] = dataclasses.replace(r, started=now)
+
     def release(self, reservation: int) -> None:
         """Forget a reservation whose start failed or was refused (unknown ids are ignored)."""
         self._held.pop(reservation, None)
@@ -297,7 +306,8 @@ class Placement:
         """
         born = {node.id: now - node.age for node in nodes}
         for reservation, r in list(self._held.items()):
-            confirmed = born.get(r.node_id, -math.inf) >= r.made + self.confirm_lag
+            since = r.started if r.started is not None else r.made
+            confirmed = born.get(r.node_id, -math.inf) >= since + self.confirm_lag
             if confirmed or now >= r.made + self.reservation_ttl:
                 del self._held[reservation]
 

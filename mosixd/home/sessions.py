@@ -236,6 +236,7 @@ class HomeSessions:
                     continue
                 kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
                 if kind == "started":
+                    self._node.placement.started(reservation, self._node.now())
                     await send({"t": "started", "task": spec.task_id, "node": node_id, "pid": event.started.pid})
                     record.pid = event.started.pid
                     return call, node_id
