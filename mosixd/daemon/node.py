@@ -35,7 +35,7 @@ from mosixd.settings.config import Config
 from mosixd.wire import codec
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
-from mosixd.wire.auth import ServerAuthInterceptor, open_aio_channel
+from mosixd.wire.auth import ServerAuthInterceptor, call_metadata, open_aio_channel
 from mosrun.runtime import netaddr
 
 log = logging.getLogger("mosixd")
@@ -100,7 +100,7 @@ class NodeDaemon:
         self.home = HomeSessions(HomeNode(
             node_id=config.node_id, generation=generation, python=self.python,
             advertise_host=advertise_host, state_dir=config.state_dir,
-            placement=self.placement, now=self.now, cluster_view=self.cluster_view, channel=self.channel))
+            placement=self.placement, now=self.now, cluster_view=self.cluster_view, task_stream=self.task_stream))
         now = clock()
         self.view = GossipView(
             config.node_id, config.advertise,
@@ -144,8 +144,15 @@ class NodeDaemon:
             infos[r.id] = pb.TaskInfo(
                 id=r.id, user=r.user, home=self.node_id, where=r.where, state=r.state, started=r.started,
                 cpu=hosted.cpu if hosted else r.cpu, rss=hosted.rss if hosted else r.rss,
-                command=r.command, pid=r.pid)
+                command=r.command, pid=r.pid, queue=self.home.queue.position(r.id))
         return sorted(infos.values(), key=lambda i: i.started)
+
+    def tables(self) -> dict[str, int]:
+        """How many entries the daemon's own tables hold: none may outlive the task it is for."""
+        return {"sessions": self.home.sessions(), "task_records": len(self.home.records),
+                "live_tasks": len(self.home.live), "hosted_tasks": len(self.tasks.tasks),
+                "starting": self.tasks.starting, "reservations": sum(self.placement.pending().values()),
+                "background_jobs": len(self._inflight), "peer_channels": len(self._channels)}
 
     async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
                         send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
@@ -182,6 +189,11 @@ class NodeDaemon:
         if channel is None:
             channel = self._channels[address] = open_aio_channel(address, self._key, self.node_id)
         return channel
+
+    def task_stream(self, address: str) -> grpc.aio.StreamStreamCall:
+        """A new task stream (``Host.Execute``) to the peer at ``address``, authenticated."""
+        metadata = call_metadata(self._key, "/mosix.v1.Host/Execute", self.node_id)
+        return rpc.HostStub(self.channel(address)).Execute(metadata=metadata)
 
     def set_blocked(self, blocked: bool) -> NodeView:
         now = self._clock()

@@ -26,6 +26,8 @@ class ServedNode(Protocol):
 
     def task_list(self) -> list[pb.TaskInfo]: ...
 
+    def tables(self) -> dict[str, int]: ...
+
     async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply: ...
 
     async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
@@ -54,8 +56,8 @@ class AdminService(rpc.AdminServicer):
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext) -> pb.ClusterStatusReply:
         return pb.ClusterStatusReply(
-            node_id=self._node.node_id, nodes=[codec.node_to_pb(v) for v in self._node.cluster_view()]
-        )
+            node_id=self._node.node_id, nodes=[codec.node_to_pb(v) for v in self._node.cluster_view()],
+            tables=self._node.tables())
 
     async def SetBlocked(self, request: pb.SetBlockedRequest, context: grpc.aio.ServicerContext) -> pb.NodeStatus:
         return codec.node_to_pb(self._node.set_blocked(request.blocked))

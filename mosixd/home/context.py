@@ -28,7 +28,7 @@ class HomeNode:
     placement: Placement       # the node's placement, shared with its other users
     now: Callable[[], float]                          # the node's monotonic clock
     cluster_view: Callable[[], list[NodeView]]        # the gossip view, this node first
-    channel: Callable[[str], grpc.aio.Channel]        # the authenticated channel to a peer
+    task_stream: Callable[[str], grpc.aio.StreamStreamCall]  # a new task stream (Host.Execute) to a peer
 
     @property
     def checkpoint_dir(self) -> Path:

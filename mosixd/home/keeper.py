@@ -19,7 +19,6 @@ from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode
 from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
 from mosixd.wire import mosix_pb2 as pb
-from mosixd.wire import mosix_pb2_grpc as rpc
 from mosrun.runtime import transfer
 from mosrun.runtime.checkpoint import checkpoint_path, keep_last, list_checkpoints
 
@@ -48,6 +47,21 @@ class CheckpointKeeper:
     @property
     def checkpoint_dir(self) -> Path:
         return self._node.checkpoint_dir
+
+    def clean_orphans(self) -> int:
+        """At start: remove the checkpoints of an earlier life of this daemon. Its sessions died
+        with it, and no session of this life can take their tasks back."""
+        mine = f"{self._node.node_id}.{self._node.generation}."
+        removed = 0
+        directory = self.checkpoint_dir
+        for entry in directory.iterdir() if directory.is_dir() else ():
+            if entry.name.endswith((".ckpt", ".tmp")) and not entry.name.lstrip(".").startswith(mine):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed %d checkpoint file(s) of an earlier life of this node: their sessions are gone",
+                     removed)
+        return removed
 
     def forget(self, task_id: str) -> None:
         """A task ended: its checkpoints are of no more use."""
@@ -121,7 +135,7 @@ class CheckpointKeeper:
         except NoRoom:
             return False
         for choice in choices:
-            call = rpc.HostStub(self._node.channel(choice.address)).Execute()
+            call = self._node.task_stream(choice.address)
             answer = await exchange(call, pb.HomeMessage(reserve=spec), "reserved", RESERVE_TIMEOUT)
             why = answer if isinstance(answer, str) else None
             if not isinstance(answer, str):

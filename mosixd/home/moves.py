@@ -22,7 +22,6 @@ from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode
 from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
 from mosixd.wire import mosix_pb2 as pb
-from mosixd.wire import mosix_pb2_grpc as rpc
 
 log = logging.getLogger("mosixd.home.moves")
 
@@ -106,7 +105,7 @@ class Mover:
                 action = pending.pop(0)
                 now = self._node.now()
                 if isinstance(action, ReserveTarget):
-                    new_call = rpc.HostStub(self._node.channel(address)).Execute()
+                    new_call = self._node.task_stream(address)
                     answer = await exchange(new_call, pb.HomeMessage(reserve=spec), "reserved",
                                                   plan.reserve_timeout)
                     now = self._node.now()

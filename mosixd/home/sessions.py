@@ -37,13 +37,14 @@ import grpc
 import grpc.aio
 
 from mosixd.core.gossip import NodeState
+from mosixd.core.launchqueue import LaunchQueue
 from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode
+from mosixd.home.inbox import Inbox, Interrupted, SessionGone
 from mosixd.home.keeper import CheckpointKeeper
 from mosixd.home.livetask import LiveTask, TaskRecord
 from mosixd.home.moves import Mover
 from mosixd.wire import mosix_pb2 as pb
-from mosixd.wire import mosix_pb2_grpc as rpc
 from mosrun.runtime import frames, netaddr
 
 log = logging.getLogger("mosixd.home.sessions")
@@ -54,7 +55,11 @@ QUEUE_RETRY = 1.0
 
 
 class LaunchError(Exception):
-    """The task cannot be started; the message is for the user."""
+    """The task cannot be started; the message is for the user, ``code`` mosrun's exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_LAUNCH) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
@@ -136,8 +141,15 @@ class HomeSessions:
         self.live: dict[str, LiveTask] = {}
         self.mover = Mover(node, self.live)
         self.keeper = CheckpointKeeper(node)
+        self.queue = LaunchQueue()
+        self._queue_moved = asyncio.Event()  # set (and replaced) whenever a task leaves the queue
+
+    def sessions(self) -> int:
+        """Sessions with mosrun open now."""
+        return len(self._sessions)
 
     async def start(self, path: Path) -> None:
+        self.keeper.clean_orphans()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(path))
@@ -188,6 +200,7 @@ class HomeSessions:
         if frame is None:
             return
         header, _ = frame
+        inbox = Inbox(reader)
         try:
             if header["t"] != "launch":
                 raise LaunchError(f"expected a launch request, got {header['t']!r}")
@@ -196,37 +209,48 @@ class HomeSessions:
             spec.python_version = self._node.python if spec.python else ""
             record = self.records[task_id] = TaskRecord(
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
-            call, node_id = await self._launch(spec, header, record, send)
+            call, node_id = await self._launch(spec, header, record, send, inbox)
             live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
             storing = asyncio.create_task(self.keeper.store_checkpoints(live)) if spec.checkpoint_every else None
             try:
                 record.state, record.where = "running", node_id
-                await self._relay(live, reader, send)
+                await self._relay(live, inbox, send)
             finally:
                 if storing is not None:
                     storing.cancel()
                     await asyncio.gather(storing, return_exceptions=True)
-                self.keeper.forget(task_id)
+                if spec.checkpoint_every:
+                    self.keeper.forget(task_id)
                 live.call.cancel()
                 if live.switch_to:
                     live.switch_to[0].cancel()
         except LaunchError as exc:
             log.warning("launch of %s refused: %s", task_id, exc)
-            await send({"t": "error", "message": str(exc), "code": EXIT_LAUNCH})
+            await send({"t": "error", "message": str(exc), "code": exc.code})
+        except SessionGone:
+            log.info("launch of %s: mosrun left while the task waited", task_id)
         finally:
+            inbox.close()
+            self._unqueue(task_id)
             self.records.pop(task_id, None)
             self.live.pop(task_id, None)
 
     async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
-                      send: Any) -> tuple[grpc.aio.StreamStreamCall, str]:
-        """Place the task and start it; try the next candidate when a node refuses."""
+                      send: Any, inbox: Inbox) -> tuple[grpc.aio.StreamStreamCall, str]:
+        """Place the task and start it; try the next candidate when a node refuses. With
+        ``queue``, wait in the home's queue until a node takes it (see ``LaunchQueue``)."""
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
-        said_queued = False
+        limit = max(0.0, float(header.get("queue_timeout", 0) or 0))
+        waited_since = self._node.now()
+        why = ""
         while True:
+            if spec.task_id in self.queue and self.queue.head() != spec.task_id:
+                await self._wait_in_queue(inbox, limit, waited_since, why)  # the head starts first
+                continue
             refusals: dict[str, str] = {}
             for node_id, address in self._candidates(header, job, refusals):
                 reservation = self._node.placement.reserve(node_id, job, self._node.now())
-                call = rpc.HostStub(self._node.channel(address)).Execute()
+                call = self._node.task_stream(address)
                 try:
                     await call.write(pb.HomeMessage(start=spec))
                     event = await call.read()
@@ -237,6 +261,7 @@ class HomeSessions:
                 kind = event.WhichOneof("kind") if event is not grpc.aio.EOF else None
                 if kind == "started":
                     self._node.placement.started(reservation, self._node.now())
+                    self._unqueue(spec.task_id, started=True)
                     await send({"t": "started", "task": spec.task_id, "node": node_id, "pid": event.started.pid})
                     record.pid = event.started.pid
                     return call, node_id
@@ -248,11 +273,29 @@ class HomeSessions:
             why = "; ".join(f"{n}: {r}" for n, r in refusals.items()) or "no node known"
             if not header.get("queue"):
                 raise LaunchError(f"no node can take the task ({why})")
-            if not said_queued:
+            if spec.task_id not in self.queue:
+                self.queue.join(spec.task_id, spec.user)
                 record.state = "queued"
-                await send({"t": "queued", "reason": why})
-                said_queued = True
-            await asyncio.sleep(QUEUE_RETRY)
+                await send({"t": "queued", "reason": why, "position": self.queue.position(spec.task_id)})
+            await self._wait_in_queue(inbox, limit, waited_since, why)
+
+    async def _wait_in_queue(self, inbox: Inbox, limit: float, since: float, why: str) -> None:
+        """Wait a retry's time, or until the queue moves, reading what mosrun sends meanwhile:
+        its end, a Ctrl-C or a time limit passed takes the task out of the queue."""
+        if limit and self._node.now() - since >= limit:
+            raise LaunchError(f"gave up after {limit:g} s in the queue (no node can take the task: {why})")
+        timeout = min(QUEUE_RETRY, limit - (self._node.now() - since)) if limit else QUEUE_RETRY
+        try:
+            await inbox.wait(max(0.0, timeout), self._queue_moved)
+        except Interrupted as exc:
+            raise LaunchError(f"left the queue ({exc})", 128 + exc.signum) from None
+
+    def _unqueue(self, task_id: str, started: bool = False) -> None:
+        """``task_id`` waits no more: wake the tasks behind it."""
+        if task_id in self.queue:
+            self.queue.leave(task_id, started)
+            moved, self._queue_moved = self._queue_moved, asyncio.Event()
+            moved.set()
 
     def _candidates(self, header: dict[str, Any], job: JobRequest, refusals: dict[str, str]) -> list[tuple[str, str]]:
         views = self._node.cluster_view()
@@ -275,8 +318,8 @@ class HomeSessions:
             refusals.update(exc.reasons)
             return []
 
-    async def _relay(self, live: LiveTask, reader: asyncio.StreamReader, send: Any) -> None:
-        upstream = asyncio.create_task(self._from_mosrun(reader, live))
+    async def _relay(self, live: LiveTask, inbox: Inbox, send: Any) -> None:
+        upstream = asyncio.create_task(self._from_mosrun(inbox, live))
         record, spec = live.record, live.spec
         try:
             while True:
@@ -358,10 +401,10 @@ class HomeSessions:
         live.switch_to = None
         await send({"t": "epoch", "epoch": live.spec.epoch})
 
-    async def _from_mosrun(self, reader: asyncio.StreamReader, live: LiveTask) -> None:
+    async def _from_mosrun(self, inbox: Inbox, live: LiveTask) -> None:
         """stdin and signals from the user's side to the task."""
         try:
-            while (frame := await frames.read_frame(reader)) is not None:
+            while (frame := await inbox.next()) is not None:
                 header, payload = frame
                 kind = header["t"]
                 if kind == "stdin":
@@ -374,5 +417,6 @@ class HomeSessions:
             log.warning("session of a task broke: %s", exc)
         except grpc.aio.AioRpcError:
             # The host side failed; the relay reports it. Keep waiting for mosrun to leave.
-            await reader.read()
+            while await inbox.next() is not None:
+                pass
         # Returning tells the relay that mosrun is gone (or broke the protocol).

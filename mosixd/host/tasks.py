@@ -289,6 +289,11 @@ class TaskTable:
         await events.put(pb.HostEvent(exited=exited))
         await events.put(None)
 
+    @property
+    def starting(self) -> int:
+        """Starts accepted and not finished yet."""
+        return self._starting
+
     def guests(self) -> list[HostedTask]:
         """The tasks running here for other homes."""
         return [t for t in self.tasks.values() if not t.local]

@@ -163,12 +163,17 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
 # ---- client side -------------------------------------------------------------------------
 
 
-def _with_auth(key: bytes, details: Any, sender: str) -> Any:
-    method = _method_name(details.method)
-    metadata = list(details.metadata or ())
-    metadata.append((METADATA_KEY, sign(key, method)))
+def call_metadata(key: bytes, method: str, sender: str = "") -> list[tuple[str, str]]:
+    """The metadata that authenticates one call of ``method`` ("/package.Service/Method")."""
+    metadata = [(METADATA_KEY, sign(key, method))]
     if sender:
         metadata.append(("x-mosix-node", sender))
+    return metadata
+
+
+def _with_auth(key: bytes, details: Any, sender: str) -> Any:
+    metadata = list(details.metadata or ())
+    metadata += call_metadata(key, _method_name(details.method), sender)
     return details._replace(metadata=metadata)
 
 
@@ -191,11 +196,6 @@ class _AioUnaryStreamAuth(_AioAuthBase, grpc.aio.UnaryStreamClientInterceptor):
 
 class _AioStreamUnaryAuth(_AioAuthBase, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(_with_auth(self._key, details, self._sender), request_iterator)
-
-
-class _AioStreamStreamAuth(_AioAuthBase, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_with_auth(self._key, details, self._sender), request_iterator)
 
 
@@ -233,9 +233,13 @@ CHANNEL_OPTIONS = [
 
 
 def open_aio_channel(target: str, key: bytes, sender: str = "") -> grpc.aio.Channel:
-    """An asyncio channel whose every call is authenticated with the cluster key."""
-    interceptors = [kind(key, sender) for kind in (_AioUnaryUnaryAuth, _AioUnaryStreamAuth,
-                                                      _AioStreamUnaryAuth, _AioStreamStreamAuth)]
+    """An asyncio channel whose calls are authenticated with the cluster key.
+
+    Stream-stream calls (a task's stream, ``Host.Execute``) are not intercepted: give them
+    ``call_metadata`` yourself. grpc.aio emulates a reader-writer stream under an interceptor
+    with a queue and a task per call that outlive the call until the garbage collector finds
+    them, which a home daemon starting thousands of tasks cannot afford."""
+    interceptors = [kind(key, sender) for kind in (_AioUnaryUnaryAuth, _AioUnaryStreamAuth, _AioStreamUnaryAuth)]
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 

@@ -77,12 +77,21 @@ class ClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatusReply(_message.Message):
-    __slots__ = ("node_id", "nodes")
+    __slots__ = ("node_id", "nodes", "tables")
+    class TablesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, node_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    tables: _containers.ScalarMap[str, int]
+    def __init__(self, node_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., tables: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SetBlockedRequest(_message.Message):
     __slots__ = ("blocked",)
@@ -274,7 +283,7 @@ class HostEvent(_message.Message):
     def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ..., evicted: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid")
+    __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid", "queue")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +294,7 @@ class TaskInfo(_message.Message):
     RSS_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
     id: str
     user: str
     home: str
@@ -295,7 +305,8 @@ class TaskInfo(_message.Message):
     rss: int
     command: str
     pid: int
-    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ..., home: _Optional[str] = ..., where: _Optional[str] = ..., state: _Optional[str] = ..., started: _Optional[float] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., command: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    queue: int
+    def __init__(self, id: _Optional[str] = ..., user: _Optional[str] = ..., home: _Optional[str] = ..., where: _Optional[str] = ..., state: _Optional[str] = ..., started: _Optional[float] = ..., cpu: _Optional[float] = ..., rss: _Optional[int] = ..., command: _Optional[str] = ..., pid: _Optional[int] = ..., queue: _Optional[int] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ()

@@ -138,12 +138,14 @@ class Connection:
             raise _client_error(exc, self.target) from None
 
     def cluster_status(self) -> dict[str, Any]:
-        """The answering node's view: {"node": id, "nodes": [node dicts, self first]}."""
+        """The answering node's view: {"node": id, "nodes": [node dicts, self first], "tables": {name:
+        entries in the daemon's own tables}}."""
         from mosixd.wire import mosix_pb2 as pb
         from mosixd.wire.codec import node_status_to_dict
 
         reply = self._call(self._admin.ClusterStatus, pb.ClusterStatusRequest())
-        return {"node": reply.node_id, "nodes": [node_status_to_dict(n) for n in reply.nodes]}
+        return {"node": reply.node_id, "nodes": [node_status_to_dict(n) for n in reply.nodes],
+                "tables": dict(sorted(reply.tables.items()))}
 
     def list_tasks(self) -> dict[str, Any]:
         """mosps: {"node": id, "tasks": [task dicts]} of the answering node."""
@@ -153,7 +155,7 @@ class Connection:
         return {"node": reply.node_id, "tasks": [
             {"id": t.id, "user": t.user, "home": t.home, "where": t.where, "state": t.state,
              "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
-             "pid": t.pid} for t in reply.tasks]}
+             "pid": t.pid, **({"queue": t.queue} if t.queue else {})} for t in reply.tasks]}
 
     def migrate(self, task_id: str, target: str) -> dict[str, Any]:
         """Ask for a move; returns {"ok", "message", "node", "freeze_seconds", "state_bytes",

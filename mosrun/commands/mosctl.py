@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 snap = conn.cluster_status()
                 if args.json:
                     print(json.dumps({"node": snap["nodes"][0], "cluster": _summary(snap["nodes"]),
-                                      "nodes": snap["nodes"]}))
+                                      "nodes": snap["nodes"], "tables": snap.get("tables", {})}))
                 else:
                     print(format_status(snap))
             elif args.command == "expel":

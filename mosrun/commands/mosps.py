@@ -22,7 +22,8 @@ def format_tasks(listing: dict[str, Any], now: float | None = None) -> str:
              f"{'RSS':>8}  COMMAND"]
     for t in listing["tasks"]:
         age = max(0.0, now - t["started"])
-        lines.append(f"{t['id']:<14} {t['user']:<10} {t['home']:<6} {t['where'] or '-':<6} {t['state']:<9} "
+        state = f"queued:{t['queue']}" if t.get("queue") else t["state"]
+        lines.append(f"{t['id']:<14} {t['user']:<10} {t['home']:<6} {t['where'] or '-':<6} {state:<9} "
                      f"{age:>6.0f}s {t['cpu']:>7.1f}s {t['rss'] / 2**20:>6.1f}M  {t['command']}")
     return "\n".join(lines)
 

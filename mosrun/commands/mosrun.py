@@ -28,7 +28,8 @@ SYSTEM_SESSION = "/run/mosix/mosrun.sock"
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
 
 USAGE = """\
-usage: mosrun [-b | -r NODE | -h] [-L] [-A SECONDS] [-m MB] [-q] [-J NAME] [--node ADDR] [--local N] COMMAND [ARGS...]
+usage: mosrun [-b | -r NODE | -h] [-L] [-A SECONDS] [-m MB] [-q] [--queue-timeout SECONDS] [-J NAME]
+              [--node ADDR] [--local N] COMMAND [ARGS...]
 
 Run COMMAND on the best node of the mosix cluster, with this machine as its home: its output,
 input, signals, files (for Python programs) and exit status stay here.
@@ -40,7 +41,9 @@ input, signals, files (for Python programs) and exit status stay here.
   -A SECONDS  checkpoint the task to this node every SECONDS; if the node running it dies,
               it is restarted elsewhere from the latest checkpoint
   -m MB       the memory the task needs; only nodes with that much free are chosen
-  -q          wait until a node can take the task instead of failing
+  -q          wait until a node can take the task instead of failing (Ctrl-C leaves the queue)
+  --queue-timeout SECONDS
+              wait in the queue at most SECONDS (implies -q), then give up with exit code 125
   -J NAME     a name for the task (shown by mosps)
   --node ADDR the home daemon: a local node id, or the path of its mosrun.sock
   --local N   bring up an ephemeral N-node local cluster for this run if none is running
@@ -55,9 +58,10 @@ class UsageError(Exception):
 def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """mosrun's own options up to COMMAND; everything from COMMAND on is the task's."""
     opts: dict[str, Any] = {"where": "best", "node": "", "memory_mb": 0, "queue": False, "job_name": "",
-                            "home_node": None, "local": 0, "locked": False, "checkpoint_every": 0.0}
+                            "home_node": None, "local": 0, "locked": False, "checkpoint_every": 0.0,
+                            "queue_timeout": 0.0}
     i = 0
-    with_value = {"-r", "-m", "-J", "-A", "--node", "--local"}
+    with_value = {"-r", "-m", "-J", "-A", "--node", "--local", "--queue-timeout"}
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-") or arg == "-":
@@ -88,13 +92,15 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
             opts["queue"] = True
         elif name == "-L":
             opts["locked"] = True
-        elif name == "-A":
+        elif name in ("-A", "--queue-timeout"):
+            key = "checkpoint_every" if name == "-A" else "queue_timeout"
             try:
-                opts["checkpoint_every"] = float(value or "")
+                opts[key] = float(value or "")
             except ValueError:
-                opts["checkpoint_every"] = 0.0
-            if not opts["checkpoint_every"] > 0:
-                raise UsageError(f"option -A takes a positive number of seconds, got {value!r}")
+                opts[key] = 0.0
+            if not opts[key] > 0:
+                raise UsageError(f"option {name} takes a positive number of seconds, got {value!r}")
+            opts["queue"] = opts["queue"] or name == "--queue-timeout"
         elif name == "-J":
             opts["job_name"] = value
         elif name == "--node":
@@ -218,6 +224,7 @@ def build_launch(opts: dict[str, Any], command: list[str]) -> dict[str, Any]:
             "python_options": options, "python_args": program, "env": env, "cwd": os.getcwd(),
             "umask": umask, "ttys": [os.isatty(0), os.isatty(1), os.isatty(2)], "where": opts["where"],
             "node": opts["node"], "memory_mb": opts["memory_mb"], "queue": opts["queue"],
+            "queue_timeout": opts["queue_timeout"],
             "job_name": opts["job_name"], "locked": opts["locked"], "checkpoint_every": opts["checkpoint_every"]}
 
 

@@ -219,4 +219,5 @@ class Session:
         elif kind == "notice":
             sys.stderr.write(f"mosrun: {header.get('text', '')}\n")
         elif kind == "queued":
-            sys.stderr.write(f"mosrun: waiting for a node to take the task ({header.get('reason', '')})\n")
+            sys.stderr.write(f"mosrun: waiting for a node to take the task, place {header.get('position', '?')} in "
+                             f"the queue ({header.get('reason', '')})\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -71,10 +70,13 @@ def checkpoint_path(directory: str | os.PathLike, task_id: str, epoch: int) -> P
 def list_checkpoints(directory: str | os.PathLike, task_id: str) -> list[Path]:
     """The stored checkpoint files of a task, oldest epoch first."""
     _check_task_id(task_id)
-    pattern = re.compile(re.escape(task_id) + r"\.(\d+)\.ckpt")
     directory = Path(directory)
-    found = [(int(m.group(1)), entry) for entry in (directory.iterdir() if directory.is_dir() else ())
-             if (m := pattern.fullmatch(entry.name))]
+    found = []
+    for entry in directory.iterdir() if directory.is_dir() else ():
+        # <task>.<epoch digits>.ckpt, by string: no pattern compiled (and cached) per task
+        epoch = entry.name.removeprefix(task_id + ".").removesuffix(".ckpt")
+        if entry.name == f"{task_id}.{epoch}.ckpt" and epoch.isdigit():
+            found.append((int(epoch), entry))
     return [entry for _, entry in sorted(found)]
 
 

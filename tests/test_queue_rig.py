@@ -1,0 +1,123 @@
+"""``mosrun -q``: a queue that listens. Ctrl-C, SIGTERM or SIGHUP takes a task out of it, a time
+limit ends the wait, ``mosps`` shows each queued task's place, and a home forgets them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import BIN, LocalRig, start_rig, wait_for
+
+pytestmark = [pytest.mark.rig, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRig]:
+    """Two nodes, both blocked: every launch waits in n1's queue."""
+    rig = start_rig(2, tmp_path_factory.mktemp("queue"), "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        for node in ("n1", "n2"):
+            assert rig.tool("mosctl", "--node", node, "block").returncode == 0
+        wait_for(lambda: rig.converged(expect={"n1": "blocked", "n2": "blocked"}), 15)
+        yield rig
+    finally:
+        rig.stop()
+
+
+def queued(rig: LocalRig, *args: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([str(BIN / "mosrun"), "-q", *args, "sh", "-c", "echo ran"], env=rig.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # said once the task is in the queue
+    assert line.startswith(b"mosrun: waiting for a node to take the task, place "), line
+    return proc
+
+
+def queue(rig: LocalRig) -> list[tuple[str, int]]:
+    return [(t["id"], t.get("queue", 0)) for t in rig.tasks("n1")]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_takes_the_task_out_of_the_queue(blocked: LocalRig, signum: int, code: int) -> None:
+    proc = queued(blocked)
+    wait_for(lambda: len(queue(blocked)) == 1, 10)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=10)
+    assert (proc.returncode, stdout) == (code, b"")
+    assert stderr.decode() == f"mosrun: left the queue ({signal.Signals(signum).name})\n"
+    wait_for(lambda: queue(blocked) == [], 10)
+
+
+def test_a_time_limit_ends_the_wait_with_one_line(blocked: LocalRig) -> None:
+    started = time.monotonic()
+    proc = queued(blocked, "--queue-timeout", "2")
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 125 and stdout == b"" and time.monotonic() - started >= 2
+    assert stderr.decode().startswith("mosrun: gave up after 2 s in the queue (no node can take the task: n1: ")
+    assert len(stderr.decode().splitlines()) == 1
+
+
+def test_mosps_shows_each_queued_tasks_place_and_a_mosrun_that_left_is_forgotten(blocked: LocalRig) -> None:
+    procs = [queued(blocked) for _ in range(3)]
+    try:
+        wait_for(lambda: [place for _, place in queue(blocked)] == [1, 2, 3], 10)
+        ids = [task_id for task_id, _ in queue(blocked)]
+        procs[1].kill()  # mosrun dies without a word: its task leaves the queue all the same
+        procs[1].wait()
+        wait_for(lambda: queue(blocked) == [(ids[0], 1), (ids[2], 2)], 10)
+        listing = blocked.tool("mosps", "--node", "n1")
+        assert "queued:1" in listing.stdout and "queued:2" in listing.stdout
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    wait_for(lambda: queue(blocked) == [], 10)
+    tables = json.loads(blocked.tool("mosctl", "--node", "n1", "status", "--json").stdout)["tables"]
+    assert tables["sessions"] == tables["task_records"] == 0
+
+
+def test_queued_tasks_start_in_order_when_a_node_frees_up(blocked: LocalRig) -> None:
+    procs = [queued(blocked) for _ in range(3)]
+    try:
+        wait_for(lambda: len(queue(blocked)) == 3, 10)
+        order = [task_id for task_id, _ in sorted(queue(blocked), key=lambda item: item[1])]
+        assert blocked.tool("mosctl", "--node", "n2", "noblock").returncode == 0
+        for proc in procs:
+            stdout, _ = proc.communicate(timeout=30)
+            assert (proc.returncode, stdout) == (0, b"ran\n")
+        said = (re.search(r" task (\S+) of n1 started: pid ", line) for line in blocked.log.read_text().splitlines())
+        started = [m.group(1) for m in said if m and m.group(1) in order]
+        assert started == order
+    finally:
+        assert blocked.tool("mosctl", "--node", "n2", "block").returncode == 0
+        wait_for(lambda: blocked.converged(expect={"n1": "blocked", "n2": "blocked"}), 15)
+
+
+def test_a_restarted_home_removes_the_checkpoints_its_dead_sessions_left(tmp_path: Path) -> None:
+    rig = start_rig(2, tmp_path / "rig", "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        job = tmp_path / "job.py"
+        job.write_text("import time\nfrom mosrun import resumable, safepoint\n"
+                       "s = resumable(n=0)\nwhile s.n < 600:\n    s.n += 1\n    time.sleep(0.05)\n    safepoint()\n")
+        proc = subprocess.Popen([str(BIN / "mosrun"), "-A", "0.3", "-r", "n2", sys.executable, str(job)],
+                                env=rig.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checkpoints = Path(rig.node("n1")["state_dir"]) / "checkpoints"
+        wait_for(lambda: list(checkpoints.glob("*.ckpt")), 20)
+        os.kill(rig.node("n1")["pid"], signal.SIGKILL)  # the home dies with its session
+        proc.wait(timeout=30)
+        assert list(checkpoints.glob("*.ckpt"))  # left behind
+        rig.start_node("n1")
+        wait_for(lambda: not list(checkpoints.iterdir()), 20)
+        assert "checkpoint file(s) of an earlier life of this node" in rig.log.read_text()
+    finally:
+        rig.stop()
