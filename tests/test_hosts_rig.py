@@ -97,6 +97,37 @@ def test_the_link_shows_its_profile_and_partitions_cut_it(hosts: HostsRig) -> No
     assert hosts.ping("n1", "n3", 3, 0.01)["rtt"] != []
 
 
+# ---- membership over a real link --------------------------------------------------------------------
+
+def test_one_cut_link_does_not_make_a_healthy_node_suspect(hosts: HostsRig) -> None:
+    # n1 cannot reach n3, but n2 reaches both: n1 has n2 probe n3 for it, and n3 stays up.
+    try:
+        hosts.partition("n1", "n3")
+        seen = []
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            seen.append((hosts.view("n1") or {}).get("n3"))
+            time.sleep(0.3)
+        assert set(seen) == {"up"}, seen
+        assert "unreachable" in hosts.log("n1") and "is suspect" not in hosts.log("n1")
+    finally:
+        hosts.heal()
+
+
+def test_a_partition_is_confirmed_on_both_sides_and_heals(hosts: HostsRig) -> None:
+    try:
+        hosts.partition("n1", "n3")
+        hosts.partition("n2", "n3")
+        wait_for(lambda: all((hosts.view(n) or {}).get("n3") == "down" for n in ("n1", "n2"))
+                 and hosts.view("n3") == {"n1": "down", "n2": "down", "n3": "up"}, 60, 0.5)
+    finally:
+        hosts.heal()
+    # A node tries one dead node every 10 s; the first contact tells each side it was thought
+    # dead, each refutes with a higher incarnation, and everybody takes everybody back.
+    wait_for(hosts.converged, 90, 0.5)
+    assert "peer n3 (n3:" in hosts.log("n1") and "is up again" in hosts.log("n1")
+
+
 # ---- the suites, on separate hosts -----------------------------------------------------------------
 
 def test_a_killed_node_is_seen_down_and_comes_back_up(hosts: HostsRig) -> None:

@@ -78,7 +78,7 @@ def test_four_daemons_converge_leave_and_refuse_a_stranger(tmp_path: Path) -> No
             await stranger.stop()
 
             await nodes[3].stop()
-            await until(lambda: all(states(n)["p4"] == "down" for n in nodes[:3]), 5)
+            await until(lambda: all(states(n)["p4"] == "left" for n in nodes[:3]), 5)
         finally:
             for node in nodes:
                 await node.stop(grace=0.1)
@@ -109,5 +109,48 @@ def test_malformed_gossip_is_refused_with_invalid_argument(tmp_path: Path) -> No
         finally:
             await channel.close()
             await node.stop(grace=0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_probe_is_relayed_to_members_only_and_within_a_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        port = free_port([f"127.0.2.{i}" for i in (1, 2, 3)])
+        seed = [f"127.0.2.1:{port}"]
+        nodes = [make_node(tmp_path, 1, port, []), make_node(tmp_path, 2, port, seed), make_node(tmp_path, 3, port, seed)]
+        for node in nodes:
+            await node.start()
+        channel = open_aio_channel(f"127.0.2.2:{port}", KEY, "p1")
+        try:
+            everyone = {f"p{i}": "up" for i in (1, 2, 3)}
+            await until(lambda: all(states(n) == everyone for n in nodes), 10)
+            stub = rpc.GossipStub(channel)
+            p3 = f"127.0.2.3:{port}"
+            accusation = pb.GossipMessage(sender_id="p1", sender_address=f"127.0.2.1:{port}", rumors_only=True, rumors=[
+                pb.MemberRumor(node_id="p3", address=p3, generation=1, incarnation=0, status=pb.MemberRumor.SUSPECT)])
+            answer = await stub.Probe(pb.ProbeRequest(target=p3, message=accusation), timeout=5)
+            assert answer.reached and not answer.reply.entries  # news only
+            # p3 heard what it was accused of and refuted it, in the very answer.
+            assert any(r.node_id == "p3" and r.status == pb.MemberRumor.ALIVE and r.incarnation == 1
+                       for r in answer.reply.rumors)
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Probe(pb.ProbeRequest(target="127.0.2.9:1", message=accusation), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a member" in (err.value.details() or "")
+            nodes[1].gossip.relays_at_once = 0
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Probe(pb.ProbeRequest(target=p3, message=accusation), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "try another helper" in (err.value.details() or "")
+            nodes[1].gossip.relays_at_once = 32
+
+            await nodes[2].stop(grace=0.1)  # a member that is gone: not reached, and why
+            answer = await stub.Probe(pb.ProbeRequest(target=p3, message=accusation), timeout=5)
+            assert not answer.reached and answer.error
+        finally:
+            await channel.close()
+            for node in nodes:
+                await node.stop(grace=0.1)
 
     asyncio.run(scenario())

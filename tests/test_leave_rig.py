@@ -69,8 +69,9 @@ def test_a_resumable_task_whose_node_stops_finishes_elsewhere_with_a_local_runs_
     stdout, stderr = proc.communicate(timeout=60)
     assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, local.returncode)
     assert "moved to" in rig.log.read_text()
-    # The peers were told: n2 is down at once, not after the down limit.
-    assert rig.view("n1")["n2"] == "down"
+    # The peers were told: n2 left, and nobody had to suspect it.
+    assert rig.view("n1")["n2"] == "left"
+    assert "is suspect" not in rig.log.read_text()
 
 
 def test_a_task_that_cannot_move_ends_with_a_line_that_says_why(rig: LocalRig, tmp_path: Path) -> None:

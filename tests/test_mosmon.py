@@ -86,6 +86,17 @@ def test_down_node_is_red_in_colour():
     assert "\x1b[" in frame and "down" in frame
 
 
+def test_suspect_and_left_nodes_are_counted_and_shown():
+    snap = {"node": "n1", "nodes": [node("n1"), node("n4", state="suspect", age=3.0),
+                                    node("n5", state="left", age=9.0)]}
+    frame = mosmon.render_frame(snap, "load")
+    assert "3 nodes, 1 up, 0 down, 0 blocked, 1 suspect, 1 left" in frame
+    assert line_of(frame, "n4")[-2:] == ["suspect", "3.0s"] and line_of(frame, "n5")[-2:] == ["left", "9.0s"]
+    assert "suspect" not in mosmon.render_frame(SNAP, "load")  # only when there are some
+    coloured = mosmon.render_frame(snap, "load", color=True)
+    assert "\x1b[" in coloured.split("n4", 1)[1].split("\n", 1)[0]
+
+
 def test_nodes_appearing_and_disappearing_between_frames():
     first = mosmon.render_frame({"node": "n1", "nodes": [node("n1"), node("n2")]})
     second = mosmon.render_frame({"node": "n1", "nodes": [node("n1"), node("n4")]})

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -16,7 +15,8 @@ from conftest import BIN, LocalRig, free_port, gone, start_rig, wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.slow]
 
-DOWN_LIMIT = 5.0  # default down_after at a 1 s gossip interval
+FRESH = 5.0  # seconds: an entry in a 3-node cluster is never older (1 s gossip interval)
+DOWN_WITHIN = 15.0  # seconds: a kill -9 is confirmed well within this (bench.members has the figure)
 
 
 def test_every_node_sees_three_up_with_real_figures(rig3: LocalRig) -> None:
@@ -31,23 +31,24 @@ def test_every_node_sees_three_up_with_real_figures(rig3: LocalRig) -> None:
             assert n["address"] == f"127.0.1.{n['id'][1:]}:{rig3.port}"
             assert n["cpus"] >= 1 and n["speed"] > 0
             assert 0 < n["mem_free"] <= n["mem_total"] == psutil.virtual_memory().total
-            assert 0 <= n["age"] < DOWN_LIMIT
+            assert 0 <= n["age"] < FRESH
 
 
-def test_kill_9_is_seen_down_within_the_limit_and_restart_comes_back_up(rig3: LocalRig) -> None:
+def test_kill_9_is_seen_down_and_restart_comes_back_up(rig3: LocalRig) -> None:
     victim = rig3.node("n2")
     os.kill(victim["pid"], signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_for(lambda: rig3.converged(["n1", "n3"], {"n2": "down", "n1": "up", "n3": "up"}), DOWN_LIMIT + 1.5, 0.1)
-    assert time.monotonic() - killed_at <= DOWN_LIMIT + 1.5
+    wait_for(lambda: rig3.converged(["n1", "n3"], {"n2": "down", "n1": "up", "n3": "up"}), DOWN_WITHIN, 0.1)
+    log = rig3.log.read_text()
+    assert "peer n2 " in log and "is suspect" in log and "is down: confirmed dead" in log
     rig3.start_node("n2")
     wait_for(rig3.converged, 20)
 
 
-def test_a_node_that_leaves_is_down_at_once_and_rejoins(rig3: LocalRig) -> None:
+def test_a_node_that_leaves_is_left_at_once_and_rejoins(rig3: LocalRig) -> None:
     os.kill(rig3.node("n3")["pid"], signal.SIGTERM)
-    # A leave is announced, so it shows long before the age limit would.
-    wait_for(lambda: rig3.converged(["n1", "n2"], {"n3": "down"}), 3.0, 0.1)
+    # A leave is announced: no probe, no suspicion, no wait.
+    wait_for(lambda: rig3.converged(["n1", "n2"], {"n3": "left"}), 3.0, 0.1)
+    assert "n3 (127.0.1.3" in rig3.log.read_text() and "is suspect" not in rig3.log.read_text()
     assert not Path(rig3.node("n3")["socket"]).exists(), "a stopped node removes its socket"
     rig3.start_node("n3")
     wait_for(rig3.converged, 20)
@@ -122,7 +123,7 @@ def test_clients_find_the_local_cluster_without_flags(rig3: LocalRig) -> None:
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["node"]["id"] == "n1"
-    assert status["cluster"] == {"up": 3, "down": 0, "blocked": 0}
+    assert status["cluster"] == {"up": 3, "blocked": 0, "suspect": 0, "down": 0, "left": 0}
     frame = rig3.tool("mosmon", "--once")
     assert frame.returncode == 0
     for node_id in ("n1", "n2", "n3"):

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, help="speed relative to the standard CPU (default: calibrate)")
     p.add_argument("--gossip-interval", type=float, help="seconds between gossip rounds (default 1)")
     p.add_argument("--window", type=int, help="gossip entries per exchange (default 20)")
-    p.add_argument("--down-after", type=float, help="seconds of silence before a node is down (default 5)")
+    p.add_argument("--down-after", type=float, help="seconds a suspect node keeps failing probes before it is declared down (default 2)")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--no-balance", dest="balance", action="store_const", const=False, default=None,
                    help="never move tasks automatically (manual migrate still works)")

@@ -21,9 +21,10 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mosixd.core.gossip import Entry, GossipConfig, GossipView, NodeState, NodeView
+from mosixd.core.gossip import GossipConfig, GossipView, NodeState, NodeView
 from mosixd.core.policy import Placement
 from mosixd.core.rebalance import MoveDecision, Rebalancer
+from mosixd.daemon.gossiper import Gossiper
 from mosixd.daemon.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
 from mosixd.daemon.service import add_services
 from mosixd.home.context import HomeNode
@@ -32,7 +33,6 @@ from mosixd.host.hosted import HostedTask
 from mosixd.host.spawner import Spawner
 from mosixd.host.tasks import TaskTable
 from mosixd.settings.config import Config
-from mosixd.wire import codec
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosixd.wire.auth import ServerAuthInterceptor, call_metadata, open_aio_channel
@@ -104,15 +104,16 @@ class NodeDaemon:
         now = clock()
         self.view = GossipView(
             config.node_id, config.advertise,
-            GossipConfig(interval=config.gossip_interval, window=config.window, down_after=config.down_after,
-                         suspect_after=min(2.5 * config.gossip_interval, 0.6 * config.down_after)),
+            GossipConfig(interval=config.gossip_interval, window=config.window,
+                         suspect_rounds=max(1, round(config.down_after / config.gossip_interval))),
             now, generation=generation, load=self._sampler.sample(now), rng=self._rng,
         )
         for peer in config.peers:
             if peer != config.advertise:
                 self.view.add_seed(peer)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._unreachable: set[str] = set()
+        self.gossip = Gossiper(self.view, interval=config.gossip_interval, clock=clock, rng=self._rng,
+                               channel=self.channel)
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
@@ -123,11 +124,13 @@ class NodeDaemon:
 
     # ---- what the servicers call ----------------------------------------------------
 
-    def exchange(self, entries: list[Entry]) -> pb.GossipMessage:
-        """Merge a peer's window and answer with ours (push-pull)."""
-        now = self._clock()
-        self.view.receive(entries, now)
-        return codec.gossip_message(self.node_id, self.config.advertise, self.view.outgoing(now))
+    def exchange(self, request: pb.GossipMessage) -> pb.GossipMessage:
+        """Answer a peer's gossip (push-pull); raises MalformedMessage, merging nothing."""
+        return self.gossip.exchange(request)
+
+    async def probe(self, request: pb.ProbeRequest, time_left: float | None) -> pb.ProbeReply:
+        """Relay a peer's probe of a member it cannot reach."""
+        return await self.gossip.probe(request, time_left)
 
     def cluster_view(self) -> list[NodeView]:
         return self.view.view(self._clock())
@@ -152,7 +155,8 @@ class NodeDaemon:
         return {"sessions": self.home.sessions(), "task_records": len(self.home.records),
                 "live_tasks": len(self.home.live), "hosted_tasks": len(self.tasks.tasks),
                 "starting": self.tasks.starting, "reservations": sum(self.placement.pending().values()),
-                "background_jobs": len(self._inflight), "peer_channels": len(self._channels)}
+                "background_jobs": len(self._inflight) + self.gossip.background,
+                "peer_channels": len(self._channels), "members": self.view.members()}
 
     async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
                         send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
@@ -165,7 +169,7 @@ class NodeDaemon:
         if home == self.node_id or not home:
             return await self.home.mover.migrate(request.task_id, request.target, request.uid)
         view = next((v for v in self.cluster_view() if v.id == home), None)
-        if view is None or view.state is NodeState.DOWN:
+        if view is None or view.state in (NodeState.DOWN, NodeState.LEFT):
             return pb.MigrateReply(ok=False, message=f"the home node {home} of task {request.task_id} is not reachable")
         try:
             return await rpc.AdminStub(self.channel(view.address)).Migrate(request, timeout=900)
@@ -217,7 +221,7 @@ class NodeDaemon:
         self._server = server
         await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
-        self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self._gossip_loop())]
+        self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self.gossip.run())]
         if self.config.balance:
             self._tasks.append(asyncio.create_task(self._balance_loop()))
         log.info("node %s up on %s (socket %s), generation %d, %d peer(s) to contact",
@@ -308,12 +312,7 @@ class NodeDaemon:
         """Tell the live peers at once that this node leaves, so none waits for a timeout."""
         if self._announced:
             return
-        now = self._clock()
-        leaving = codec.gossip_message(self.node_id, self.config.advertise, self.view.leave(now))
-        targets = self.view.leave_targets(now)
-        if targets:
-            await asyncio.gather(*(self._send(t, leaving, timeout=0.5) for t in targets), return_exceptions=True)
-        self._announced = max(1, len(targets))
+        self._announced = max(1, await self.gossip.announce_leave())
 
     async def stop(self, grace: float = 1.0) -> None:
         """Tell peers we leave, stop the server, remove the socket."""
@@ -321,6 +320,7 @@ class NodeDaemon:
             return
         for task in self._tasks:
             task.cancel()
+        self.gossip.cancel()
         await self.home.stop()
         await self._announce_leave()
         if self._server is not None:
@@ -367,47 +367,6 @@ class NodeDaemon:
         else:
             log.info("balancing: %s", reply.message)
             self.rebalancer.failed(decision, self._clock())
-
-    async def _gossip_loop(self) -> None:
-        interval = self.config.gossip_interval
-        while True:
-            # Jitter keeps nodes started together from gossiping in lock-step.
-            await asyncio.sleep(interval * self._rng.uniform(0.9, 1.1))
-            now = self._clock()
-            for target in self.view.choose_targets(now):
-                task = asyncio.create_task(self._gossip_with(target, timeout=max(0.2, min(interval, 1.0))))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-
-    async def _gossip_with(self, address: str, timeout: float) -> None:
-        message = codec.gossip_message(self.node_id, self.config.advertise, self.view.outgoing(self._clock()))
-        try:
-            reply = await self._send(address, message, timeout=timeout)
-            entries = codec.entries_from_message(reply)
-        except (grpc.aio.AioRpcError, codec.MalformedMessage) as exc:
-            self.view.contact_failed(address, self._clock())
-            self._report_unreachable(address, exc)
-            return
-        now = self._clock()
-        self.view.receive(entries, now)
-        self.view.contact_succeeded(address, now)
-        if address in self._unreachable:
-            self._unreachable.discard(address)
-            log.info("peer %s reachable again", address)
-
-    async def _send(self, address: str, message: pb.GossipMessage, timeout: float) -> pb.GossipMessage:
-        return await rpc.GossipStub(self.channel(address)).Exchange(message, timeout=timeout)
-
-    def _report_unreachable(self, address: str, exc: Exception) -> None:
-        if address in self._unreachable:
-            return  # said once; the core retries with backoff
-        self._unreachable.add(address)
-        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            log.error("peer %s refused our cluster key: %s", address, exc.details())
-        elif isinstance(exc, grpc.aio.AioRpcError):
-            log.warning("peer %s unreachable (%s); retrying with backoff", address, exc.code().name.lower())
-        else:
-            log.warning("peer %s sent a malformed reply (%s); retrying with backoff", address, exc)
 
 
 async def _maybe_await(value: object) -> None:

@@ -7,7 +7,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 import grpc
 import grpc.aio
 
-from mosixd.core.gossip import Entry, NodeView
+from mosixd.core.gossip import NodeView
+from mosixd.daemon.gossiper import ProbeRefused
 from mosixd.wire import codec
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
@@ -18,7 +19,9 @@ class ServedNode(Protocol):
 
     node_id: str
 
-    def exchange(self, entries: list[Entry]) -> pb.GossipMessage: ...
+    def exchange(self, request: pb.GossipMessage) -> pb.GossipMessage: ...
+
+    async def probe(self, request: pb.ProbeRequest, time_left: float | None) -> pb.ProbeReply: ...
 
     def cluster_view(self) -> list[NodeView]: ...
 
@@ -35,17 +38,24 @@ class ServedNode(Protocol):
 
 
 class GossipService(rpc.GossipServicer):
-    """Push-pull exchange of gossip windows between daemons."""
+    """Push-pull exchange of gossip windows and news between daemons, and relayed probes."""
 
     def __init__(self, node: ServedNode) -> None:
         self._node = node
 
     async def Exchange(self, request: pb.GossipMessage, context: grpc.aio.ServicerContext) -> pb.GossipMessage:
         try:
-            entries = codec.entries_from_message(request)
+            return self._node.exchange(request)
         except codec.MalformedMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mosix: malformed gossip: {exc}")
-        return self._node.exchange(entries)
+            raise  # abort raises; this keeps type checkers sure of it
+
+    async def Probe(self, request: pb.ProbeRequest, context: grpc.aio.ServicerContext) -> pb.ProbeReply:
+        try:
+            return await self._node.probe(request, context.time_remaining())
+        except ProbeRefused as exc:
+            await context.abort(exc.code, str(exc))
+            raise
 
 
 class AdminService(rpc.AdminServicer):

@@ -308,8 +308,8 @@ class HomeSessions:
             if view is None:
                 known = ", ".join(v.id for v in views)
                 raise LaunchError(f"unknown node {wanted!r} (known: {known})")
-            if view.state is NodeState.DOWN:
-                refusals[view.id] = "down"
+            if view.state in (NodeState.SUSPECT, NodeState.DOWN, NodeState.LEFT):
+                refusals[view.id] = view.state.value
                 return []
             return [(view.id, view.address)]
         try:

@@ -39,7 +39,7 @@ class Config:
     speed: float = 0.0
     gossip_interval: float = 1.0
     window: int = 20
-    down_after: float = 5.0
+    down_after: float = 2.0        # a suspect that fails every probe this long is down
     log_level: str = "info"
     balance: bool = True
     leave_timeout: float = 60.0     # on SIGTERM: at most this long to move the guests away

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from mosixd.core.gossip import Entry, NodeState, NodeView
 from mosixd.core.loadvector import LoadVector
+from mosixd.core.rumors import Rumor, Status
 from mosixd.wire import mosix_pb2 as pb
 
 
@@ -35,7 +36,8 @@ def load_from_pb(msg: pb.LoadVector) -> LoadVector:
 def entry_to_pb(entry: Entry) -> pb.GossipEntry:
     return pb.GossipEntry(
         node_id=entry.node_id, address=entry.address, generation=entry.generation,
-        age=entry.age, blocked=entry.blocked, leaving=entry.leaving, load=load_to_pb(entry.load),
+        incarnation=entry.incarnation, age=entry.age, blocked=entry.blocked,
+        leaving=entry.leaving, load=load_to_pb(entry.load),
     )
 
 
@@ -45,20 +47,43 @@ def entry_from_pb(msg: pb.GossipEntry) -> Entry:
     if not (math.isfinite(msg.age) and msg.age >= 0):
         raise MalformedMessage(f"gossip entry for {msg.node_id} with age {msg.age}")
     return Entry(
-        node_id=msg.node_id, address=msg.address, generation=msg.generation, age=msg.age,
-        blocked=msg.blocked, leaving=msg.leaving, load=load_from_pb(msg.load),
+        node_id=msg.node_id, address=msg.address, generation=msg.generation,
+        incarnation=msg.incarnation, age=msg.age, blocked=msg.blocked, leaving=msg.leaving,
+        load=load_from_pb(msg.load),
     )
 
 
-def gossip_message(sender_id: str, sender_address: str, entries: Iterable[Entry]) -> pb.GossipMessage:
+def rumor_to_pb(rumor: Rumor) -> pb.MemberRumor:
+    return pb.MemberRumor(node_id=rumor.node_id, address=rumor.address,
+                          generation=rumor.generation, incarnation=rumor.incarnation,
+                          status=int(rumor.status))  # type: ignore[arg-type]
+
+
+def rumor_from_pb(msg: pb.MemberRumor) -> Rumor:
+    if not msg.node_id or not msg.address:
+        raise MalformedMessage("membership rumor without node id or address")
+    try:
+        status = Status(msg.status)
+    except ValueError:
+        raise MalformedMessage(f"membership rumor for {msg.node_id} with status {msg.status}") from None
+    return Rumor(msg.node_id, msg.address, msg.generation, msg.incarnation, status)
+
+
+def gossip_message(sender_id: str, sender_address: str, entries: Iterable[Entry],
+                   rumors: Iterable[Rumor] = (), *, rumors_only: bool = False) -> pb.GossipMessage:
     return pb.GossipMessage(
         sender_id=sender_id, sender_address=sender_address,
-        entries=[entry_to_pb(e) for e in entries],
+        entries=[entry_to_pb(e) for e in entries], rumors=[rumor_to_pb(r) for r in rumors],
+        rumors_only=rumors_only,
     )
 
 
 def entries_from_message(msg: pb.GossipMessage) -> list[Entry]:
     return [entry_from_pb(e) for e in msg.entries]
+
+
+def rumors_from_message(msg: pb.GossipMessage) -> list[Rumor]:
+    return [rumor_from_pb(r) for r in msg.rumors]
 
 
 def node_to_pb(view: NodeView) -> pb.NodeStatus:

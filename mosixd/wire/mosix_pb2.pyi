@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -27,7 +28,7 @@ class LoadVector(_message.Message):
     def __init__(self, load: _Optional[float] = ..., cpus: _Optional[int] = ..., speed: _Optional[float] = ..., mem_total: _Optional[int] = ..., mem_free: _Optional[int] = ..., local_tasks: _Optional[int] = ..., guest_tasks: _Optional[int] = ..., python: _Optional[str] = ...) -> None: ...
 
 class GossipEntry(_message.Message):
-    __slots__ = ("node_id", "address", "generation", "age", "blocked", "leaving", "load")
+    __slots__ = ("node_id", "address", "generation", "age", "blocked", "leaving", "load", "incarnation")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +36,7 @@ class GossipEntry(_message.Message):
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     generation: int
@@ -42,17 +44,64 @@ class GossipEntry(_message.Message):
     blocked: bool
     leaving: bool
     load: LoadVector
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., generation: _Optional[int] = ..., age: _Optional[float] = ..., blocked: _Optional[bool] = ..., leaving: _Optional[bool] = ..., load: _Optional[_Union[LoadVector, _Mapping]] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., generation: _Optional[int] = ..., age: _Optional[float] = ..., blocked: _Optional[bool] = ..., leaving: _Optional[bool] = ..., load: _Optional[_Union[LoadVector, _Mapping]] = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class MemberRumor(_message.Message):
+    __slots__ = ("node_id", "address", "generation", "incarnation", "status")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ALIVE: _ClassVar[MemberRumor.Status]
+        SUSPECT: _ClassVar[MemberRumor.Status]
+        DEAD: _ClassVar[MemberRumor.Status]
+        LEFT: _ClassVar[MemberRumor.Status]
+    ALIVE: MemberRumor.Status
+    SUSPECT: MemberRumor.Status
+    DEAD: MemberRumor.Status
+    LEFT: MemberRumor.Status
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    generation: int
+    incarnation: int
+    status: MemberRumor.Status
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., generation: _Optional[int] = ..., incarnation: _Optional[int] = ..., status: _Optional[_Union[MemberRumor.Status, str]] = ...) -> None: ...
 
 class GossipMessage(_message.Message):
-    __slots__ = ("sender_id", "sender_address", "entries")
+    __slots__ = ("sender_id", "sender_address", "entries", "rumors", "rumors_only")
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    RUMORS_FIELD_NUMBER: _ClassVar[int]
+    RUMORS_ONLY_FIELD_NUMBER: _ClassVar[int]
     sender_id: str
     sender_address: str
     entries: _containers.RepeatedCompositeFieldContainer[GossipEntry]
-    def __init__(self, sender_id: _Optional[str] = ..., sender_address: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[GossipEntry, _Mapping]]] = ...) -> None: ...
+    rumors: _containers.RepeatedCompositeFieldContainer[MemberRumor]
+    rumors_only: bool
+    def __init__(self, sender_id: _Optional[str] = ..., sender_address: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[GossipEntry, _Mapping]]] = ..., rumors: _Optional[_Iterable[_Union[MemberRumor, _Mapping]]] = ..., rumors_only: _Optional[bool] = ...) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("target", "message")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    message: GossipMessage
+    def __init__(self, target: _Optional[str] = ..., message: _Optional[_Union[GossipMessage, _Mapping]] = ...) -> None: ...
+
+class ProbeReply(_message.Message):
+    __slots__ = ("reached", "reply", "error")
+    REACHED_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reached: bool
+    reply: GossipMessage
+    error: str
+    def __init__(self, reached: _Optional[bool] = ..., reply: _Optional[_Union[GossipMessage, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("id", "address", "state", "load", "age", "self", "generation")

@@ -39,6 +39,11 @@ class GossipStub:
                 request_serializer=mosixd_dot_wire_dot_mosix__pb2.GossipMessage.SerializeToString,
                 response_deserializer=mosixd_dot_wire_dot_mosix__pb2.GossipMessage.FromString,
                 _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/mosix.v1.Gossip/Probe',
+                request_serializer=mosixd_dot_wire_dot_mosix__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=mosixd_dot_wire_dot_mosix__pb2.ProbeReply.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -51,6 +56,13 @@ class GossipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Probe(self, request, context):
+        """Indirect probe: the callee relays the message to the target and returns its answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +70,11 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=mosixd_dot_wire_dot_mosix__pb2.GossipMessage.FromString,
                     response_serializer=mosixd_dot_wire_dot_mosix__pb2.GossipMessage.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=mosixd_dot_wire_dot_mosix__pb2.ProbeRequest.FromString,
+                    response_serializer=mosixd_dot_wire_dot_mosix__pb2.ProbeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +104,33 @@ class Gossip:
             '/mosix.v1.Gossip/Exchange',
             mosixd_dot_wire_dot_mosix__pb2.GossipMessage.SerializeToString,
             mosixd_dot_wire_dot_mosix__pb2.GossipMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosix.v1.Gossip/Probe',
+            mosixd_dot_wire_dot_mosix__pb2.ProbeRequest.SerializeToString,
+            mosixd_dot_wire_dot_mosix__pb2.ProbeReply.FromString,
             options,
             channel_credentials,
             insecure,

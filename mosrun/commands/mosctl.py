@@ -65,7 +65,7 @@ def move_all(conn: client.Connection, which: str, timeout: float) -> int:
 
 
 def _summary(nodes: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {"up": 0, "down": 0, "blocked": 0}
+    counts = {"up": 0, "blocked": 0, "suspect": 0, "down": 0, "left": 0}
     for node in nodes:
         counts[node["state"]] = counts.get(node["state"], 0) + 1
     return counts
@@ -81,7 +81,7 @@ def format_status(snap: dict[str, Any]) -> str:
         f"  load {me['load']:.2f}  cpus {me['cpus']}  speed {me['speed']:.2f}  "
         f"memory {mem_used:.1f}/{me['mem_total'] / 2**30:.1f} GiB used  tasks {me['tasks']}",
         f"  cluster: {len(snap['nodes'])} node(s) known, {counts['up']} up, {counts['blocked']} blocked, "
-        f"{counts['down']} down",
+        f"{counts['suspect']} suspect, {counts['down']} down, {counts['left']} left",
     ])
 
 

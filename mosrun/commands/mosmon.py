@@ -34,7 +34,7 @@ METRICS = ("load", "speed", "memory", "tasks")
 KEYS = {"l": "load", "s": "speed", "m": "memory", "t": "tasks"}
 # \x03 is Ctrl-C as a byte: it only arrives this way if the terminal is in raw mode.
 QUIT_KEYS = frozenset("qQ\x03")
-STATE_STYLES = {"up": "green", "blocked": "yellow", "down": "red"}
+STATE_STYLES = {"up": "green", "blocked": "yellow", "suspect": "bold magenta", "down": "red", "left": "blue"}
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
@@ -165,6 +165,8 @@ def header(snap: Snapshot | None, metric: str, *, keys: bool) -> str:
         count = {s: sum(1 for n in nodes if n.get("state") == s) for s in STATE_STYLES}
         parts[0] += (f" @{snap.get('node', '?')}: {len(nodes)} nodes, {count['up']} up, "
                      f"{count['down']} down, {count['blocked']} blocked")
+        # Rarer states only when there are some, so the usual line stays short.
+        parts[0] += "".join(f", {count[s]} {s}" for s in ("suspect", "left") if count[s])
     parts.append(f"figure: {metric}")
     if keys:
         parts.append("l=load s=speed m=mem t=tasks q=quit")
@@ -197,7 +199,7 @@ def build_view(snap: Snapshot | None, metric: str, *, bar_width: int = 20, plain
             Text(bar(row.fraction, bar_width, ascii=plain), style=bar_style),
             row.figure, row.cpus, row.speed, row.memory, row.tasks,
             Text(row.state, style=STATE_STYLES.get(row.state, "")), row.age,
-            style="dim" if row.state == "down" else None,
+            style="dim" if row.state in ("down", "left") else None,
         )
     lines.append(table)
     return Group(*lines)
