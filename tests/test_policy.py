@@ -167,6 +167,44 @@ def test_no_room_names_every_node():
     assert "n1" in str(info.value) and "n3" in str(info.value)
 
 
+def test_a_job_short_only_of_free_memory_is_held_rather_than_over_committed():
+    # Both nodes have 8 GiB but too little of it free: the job fits once tasks there end, so
+    # the caller should keep it in the queue; no node is ranked at the cost of over-committing.
+    nodes = [node("n1", free_mb=100), node("n2", free_mb=150)]
+    with pytest.raises(NoRoom) as info:
+        Placement().rank(nodes, JobRequest(memory_mb=200), now=0.0)
+    assert info.value.fits_later
+
+
+def test_waiting_does_not_help_a_job_no_node_can_ever_hold():
+    # Bigger than every node's memory: no amount of waiting makes it fit.
+    small = [node("n1", free_mb=1000, total_mb=2048), node("n2", free_mb=2048, total_mb=2048)]
+    with pytest.raises(NoRoom) as info:
+        Placement().rank(small, JobRequest(memory_mb=3000), now=0.0)
+    assert not info.value.fits_later
+    # The only node big enough is down, blocked, excluded or of another Python: waiting for
+    # memory does not help either (its state may change, but that is not memory).
+    for big in (node("n2", state=NodeState.DOWN), node("n2", state=NodeState.BLOCKED),
+                node("n2", python="3.12.1")):
+        with pytest.raises(NoRoom) as info:
+            Placement().rank([small[0], big], JobRequest(memory_mb=3000, python="3.11.7"),
+                             now=0.0)
+        assert not info.value.fits_later
+    with pytest.raises(NoRoom) as info:
+        Placement().rank([small[0], node("n2")], JobRequest(memory_mb=3000), now=0.0,
+                         exclude=["n2"])
+    assert not info.value.fits_later
+
+
+def test_memory_held_by_reservations_frees_later_too():
+    placement = Placement()
+    nodes = [node("n1", free_mb=1000, total_mb=1000)]
+    placement.place(nodes, JobRequest(memory_mb=600), now=0.0)
+    with pytest.raises(NoRoom) as info:
+        placement.rank(nodes, JobRequest(memory_mb=600), now=0.5)
+    assert info.value.fits_later
+
+
 def test_reserved_memory_counts_against_the_free_memory():
     placement = Placement()
     nodes = [node("n1", free_mb=1000)]

@@ -63,10 +63,18 @@ class Choice:
 
 
 class NoRoom(Exception):
-    """No node can take the job; ``reasons`` maps each node id to why it was out."""
+    """No node can take the job; ``reasons`` maps each node id to why it was out.
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    ``fits_later``: some node was out only for want of free memory, and has at least the
+    job's memory in all. The job fits once tasks there end, so the caller should hold it
+    (``mosrun -q`` waits in the home's queue) rather than start it anywhere: a node whose
+    memory is over-committed slows every task it runs. False when waiting cannot help
+    (every node is down, blocked, excluded, of another Python, or too small for the job).
+    """
+
+    def __init__(self, reasons: dict[str, str], *, fits_later: bool = False) -> None:
         self.reasons = dict(reasons)
+        self.fits_later = fits_later
         detail = "; ".join(f"{node}: {why}" for node, why in self.reasons.items())
         super().__init__(f"no node can take the job ({detail or 'no node known'})")
 
@@ -223,8 +231,9 @@ class Placement:
 
         Eligible: up (not down nor blocked), not in ``exclude``, the same major.minor Python
         when ``job.python`` is set, and enough free memory after this home's reservations.
-        ``extra``: CPU and memory (bytes) to count on nodes besides the reservations, e.g.
-        tasks on their way there.
+        Memory is never over-committed: when it alone keeps the job out, ``NoRoom.fits_later``
+        says to hold the job until a node has room. ``extra``: CPU and memory (bytes) to count
+        on nodes besides the reservations, e.g. tasks on their way there.
         """
         excluded = set(exclude)
         a = self.base_for(nodes)
@@ -234,14 +243,18 @@ class Placement:
             held[node_id] = (cpu_held + cpu, mem_held + mem)
         ranked: list[tuple[float, float, Choice]] = []
         reasons: dict[str, str] = {}
+        fits_later = False
         for node in nodes:
             lv = node.load
             cpu_held, mem_held = held.get(node.id, (0.0, 0))
             why = (("excluded" if node.id in excluded else None)
                    or (None if node.state is NodeState.UP else node.state.value)
                    or _python_reason(lv.python, job.python, "there")
-                   or ("no CPU capacity reported" if lv.capacity <= 0 else None)
-                   or (_memory_reason(lv.mem_free - mem_held, job) if lv.mem_total > 0 else None))
+                   or ("no CPU capacity reported" if lv.capacity <= 0 else None))
+            if why is None and lv.mem_total > 0:
+                why = _memory_reason(lv.mem_free - mem_held, job)
+                # Out for its free memory alone, on a node big enough: waiting will do.
+                fits_later = fits_later or (why is not None and job.memory_bytes <= lv.mem_total)
             if why:
                 reasons[node.id] = why
                 continue
@@ -254,16 +267,17 @@ class Placement:
             after = (demand + job.cpu) / lv.capacity
             ranked.append((cost, after, Choice(node.id, node.address, cost)))
         if not ranked:
-            raise NoRoom(reasons)
+            raise NoRoom(reasons, fits_later=fits_later)
         ranked.sort(key=lambda item: (item[0], item[1]))
         return [choice for _, _, choice in ranked]
 
     def base_for(self, nodes: list[NodeView]) -> float:
         """The base ``a`` costs are priced with: the fixed base, else ``cost_base`` of the
-        number of nodes not down."""
+        number of nodes still members (not confirmed down, not left)."""
         if self.base is not None:
             return self.base
-        return cost_base(sum(1 for node in nodes if node.state is not NodeState.DOWN))
+        gone = (NodeState.DOWN, NodeState.LEFT)
+        return cost_base(sum(1 for node in nodes if node.state not in gone))
 
     def held(self, now: float) -> dict[str, tuple[float, int]]:
         """CPU (standard CPUs) and memory (bytes) this placement has reserved on each node
