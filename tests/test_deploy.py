@@ -58,6 +58,10 @@ TOML_KEYS = {
     ("gossip", "down_after"): "--down-after",
     ("log", "level"): "--log-level",
     ("policy", "balance"): "--no-balance",
+    ("limits", "sessions"): "--max-sessions",
+    ("limits", "sessions_per_user"): "--max-sessions-per-user",
+    ("limits", "launch_timeout"): "--launch-timeout",
+    ("security", "admin_group"): "--admin-group",
 }
 
 
@@ -262,10 +266,10 @@ def test_compose_nodes_share_the_cluster_key_secret():
                 targets[entry["source"]] = target
         assert targets.get(SECRET_NAME) == SECRET_IN_CONTAINER, name
         # The entrypoint installs the secret where the daemon and, by default, the tools read
-        # it (the healthcheck's mosctl among them), readable by the mosix group only.
+        # it (the healthcheck's mosctl among them), readable by root only.
         assert flag_map(service_command(svc))["--key-file"] == KEY_FILE_IN_CONTAINER, name
     script = ENTRYPOINT.read_text()
-    assert f"install -m 0640 -o root -g mosix {SECRET_IN_CONTAINER} {KEY_FILE_IN_CONTAINER}" in script
+    assert f"install -m 0600 -o root -g root {SECRET_IN_CONTAINER} {KEY_FILE_IN_CONTAINER}" in script
     assert script.rstrip().endswith('exec mosixd "$@"')
 
 
@@ -357,7 +361,7 @@ def test_unit_key_directives():
         "StandardError": "journal",
         "SyslogIdentifier": "mosixd",
         "RuntimeDirectory": "mosix",
-        "RuntimeDirectoryMode": "0750",
+        "RuntimeDirectoryMode": "0755",
         "StateDirectory": "mosix",
         "ConfigurationDirectory": "mosix",
         "ProtectSystem": "full",

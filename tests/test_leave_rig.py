@@ -116,7 +116,7 @@ def test_a_leaving_node_takes_no_new_task(rig: LocalRig, tmp_path: Path) -> None
     refused = rig.mosrun("-r", "n2", PY, "-c", "pass", cwd=tmp_path)
     assert refused.returncode == 125
     # Refused by n2 itself, or by n1, which was told that n2 leaves.
-    assert refused.stderr.decode() in ("mosrun: no node can take the task (n2: down)\n",
+    assert refused.stderr.decode() in ("mosrun: no node can take the task (n2: left)\n",
                                        "mosrun: no node can take the task (n2: it is leaving the cluster)\n")
     proc.kill()
     proc.wait()

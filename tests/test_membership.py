@@ -6,12 +6,15 @@ clusters, losses and failures that hypothesis chooses.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.rounds import RoundSim, address_of
-from mosixd.core.gossip import GossipConfig, NodeState
+from mosixd.core.gossip import Entry, GossipConfig, GossipView, NodeState
+from mosixd.core.loadvector import LoadVector
 from mosixd.core.rumors import Rumor, RumorQueue, Status, retransmit_limit
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -142,3 +145,18 @@ def test_a_graceful_leave_reaches_every_node_without_a_probe(loss: float) -> Non
         sim.step()
     assert all(sim.state(o, "n10") is NodeState.LEFT for o in sim.alive)
     assert not [r for r in told if r.node_id == "n10" and r.status in (Status.SUSPECT, Status.DEAD)]
+
+
+def test_the_table_is_capped_whatever_peers_announce() -> None:
+    config = GossipConfig(max_members=50)
+    view = GossipView("n1", "127.0.1.1:7000", config, 0.0, generation=1,
+                      load=LoadVector(),
+                      rng=random.Random(1))
+    fake = [Entry(f"evil{i}", f"198.18.{i // 250}.{i % 250}:1", 1, 0, 0.0, False, False,
+                  LoadVector()) for i in range(100_000)]
+    view.receive(fake, 1.0)
+    view.hear([Rumor(f"ghost{i}", "198.19.0.1:1", 1, 0, Status.ALIVE) for i in range(1000)], 1.0)
+    assert view.members() == 50 and view.turned_away == 100_000 - 49 + 1000
+    # Known nodes still update: the cap turns away only new ones.
+    view.receive([Entry("evil0", "198.18.0.0:1", 1, 0, 0.0, True, False, fake[0].load)], 2.0)
+    assert view.state_of("evil0", 2.0) is NodeState.BLOCKED

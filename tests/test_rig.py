@@ -66,7 +66,9 @@ def test_blocked_node_is_shown_blocked_everywhere(rig3: LocalRig) -> None:
 def test_client_with_wrong_key_is_refused_and_logged(rig3: LocalRig, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.key"
     wrong.write_text("this-is-not-the-cluster-key-0123456789\n")
-    out = rig3.tool("mosmon", "--json", "--node", "n1", "--key", str(wrong))
+    # A key is used only over the network: ask n1's port as if from another machine.
+    env = dict(rig3.env, MOSIX_RUNTIME_DIR=str(tmp_path / "elsewhere"))
+    out = rig3.tool("mosmon", "--json", "--node", rig3.node("n1")["address"], "--key", str(wrong), env=env)
     assert out.returncode == 4
     assert out.stderr.strip().count("\n") == 0, "one line"
     assert "refused the cluster key" in out.stderr

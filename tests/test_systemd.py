@@ -1,7 +1,7 @@
 """The systemd unit for real: two containers boot systemd as PID 1, and mosix is installed in
 each exactly as the header of ``systemd/mosixd.service`` says, line by line.
 
-Then a member of the mosix group uses every command, ``systemctl stop`` is a graceful leave,
+Then an ordinary user, who can read no key, uses every command, ``systemctl stop`` is a graceful leave,
 a daemon killed with SIGKILL is restarted, and a bad configuration fails once, with one clear
 line in the journal. Containers, network and image are removed at the end, also after a failure.
 """
@@ -145,12 +145,13 @@ def test_the_unit_installed_as_its_header_says_runs_on_both_nodes(nodes: Nodes) 
     for node in NODES:
         assert nodes.unit(node, "ActiveState") == "active"
         assert nodes.unit(node, "UnitFileState") == "enabled"
-        assert nodes.ok(node, "stat -c '%a %G' /run/mosix/mosixd.sock /etc/mosix/cluster.key") == \
-            "660 mosix\n640 mosix\n"
+        assert nodes.ok(node, "stat -c '%a %U' /run/mosix/mosixd.sock /run/mosix/mosrun.sock "
+                              "/etc/mosix/cluster.key") == "666 root\n666 root\n600 root\n"
 
 
-def test_a_member_of_the_mosix_group_uses_every_command(nodes: Nodes) -> None:
+def test_an_ordinary_user_uses_every_command(nodes: Nodes) -> None:
     as_alice = {"user": "alice"}
+    assert nodes.sh("n1", "cat /etc/mosix/cluster.key", **as_alice).returncode != 0
     assert "2 nodes, 2 up" in nodes.ok("n1", "mosmon --once", **as_alice)
     status = json.loads(nodes.ok("n1", "mosctl status --json", **as_alice))
     assert status["cluster"]["up"] == 2

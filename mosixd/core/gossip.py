@@ -70,6 +70,8 @@ class GossipConfig:
     retransmit: float = 1.5  # a rumor is retold retransmit x log2(N + 1) times by each node
     reconnect: float = 10.0  # seconds between tries at a dead node: how partitions heal
     forget_after: float = 86400.0  # a dead or departed node is dropped from the table after this
+    # MOSIX's limit; it bounds a node's table (and memory) whatever key holders announce.
+    max_members: int = 65_535
     retry_min: float = 1.0  # backoff for unreachable seeds
     retry_max: float = 30.0
 
@@ -204,6 +206,7 @@ class GossipView:
         self._next_reconnect = now + config.reconnect
         # Status changes, newest last, for the daemon to log; bounded, as nobody may read it.
         self.changes: collections.deque[tuple[str, NodeState]] = collections.deque(maxlen=256)
+        self.turned_away = 0  # entries and rumors of new nodes dropped: the table was full
         self.rumors = RumorQueue()
         self.rumors.add(self._own_rumor())  # a join is news
         # The window is kept incrementally: the last one sent plus the entries changed
@@ -432,7 +435,11 @@ class GossipView:
             rec = nodes.get(e.node_id)
             claim = Status.LEFT if e.leaving else Status.ALIVE
             if rec is None:
-                if e.node_id != self.node_id:  # only this node speaks for itself
+                if e.node_id == self.node_id:  # only this node speaks for itself
+                    continue
+                if len(nodes) + 1 >= self.config.max_members:
+                    self.turned_away += 1
+                else:
                     rec = self._add(e, born, True, claim)
                     if claim is Status.ALIVE:
                         touched[e.node_id] = rec
@@ -473,6 +480,9 @@ class GossipView:
                 self._about_me(r)
                 continue
             rec = nodes.get(r.node_id)
+            if rec is None and len(nodes) + 1 >= self.config.max_members:
+                self.turned_away += 1
+                continue
             if rec is None:
                 placeholder = _entry(r.node_id, r.address, r.generation, r.incarnation, 0.0,
                                      False, False, _UNKNOWN_LOAD)

@@ -57,6 +57,7 @@ class Gossiper:
         self.relays_at_once = RELAYS_AT_ONCE
         self._unreachable: set[str] = set()
         self._generation = view.generation
+        self._turned_away = 0
         # An exchange should end within the round; a relayed probe has two legs.
         self.timeout = max(0.2, min(interval, 1.0))
 
@@ -197,6 +198,10 @@ class Gossiper:
                         "directory was reset; gossiping as life %d", self.view.node_id, self._generation,
                         self.view.generation)
             self._generation = self.view.generation
+        if self.view.turned_away and not self._turned_away:  # said once: it may go on forever
+            log.error("the cluster table is full (max_members %d): news of new nodes is dropped; "
+                      "is a key holder announcing fake nodes?", self.view.config.max_members)
+        self._turned_away = self.view.turned_away
 
     def _report_unreachable(self, address: str, exc: Exception) -> None:
         if address in self._unreachable:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mosixd.settings.config import DEFAULT_PORT
-from mosixd.settings.registry import REGISTRY, read_registry, runtime_dir
+from mosixd.settings.registry import REGISTRY, UntrustedRuntimeDir, read_registry, runtime_dir
 
 MAX_LOCAL_NODES = 254
 
@@ -135,7 +135,11 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"mosixd: --local takes 1..{MAX_LOCAL_NODES} nodes, got {n}", file=sys.stderr)
         return 2
     root = runtime_dir()
-    running = read_registry(root)
+    try:
+        running = read_registry(root)
+    except UntrustedRuntimeDir as exc:
+        print(f"mosixd: {exc}", file=sys.stderr)
+        return 1
     if running:
         print(f"mosixd: a local cluster is already running (pid {running['pid']}, {root}); stop it first",
               file=sys.stderr)
@@ -147,8 +151,9 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"mosixd: {problem}", file=sys.stderr)
         return 1
     cluster_dir = root / "local"
-    cluster_dir.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
+    cluster_dir.mkdir(exist_ok=True)
     key_file = cluster_dir / "cluster.key"
     generate_key(key_file)
     speed = args.speed or calibrate_speed()  # once, not N times on a shared host

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mosixd.settings.config import ConfigError, load_config
+from mosixd.wire.names import node_id_problem
 from mosixd.wire.auth import KeyFileError, load_key
 
 EXIT_START = 1
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never move tasks automatically (manual migrate still works)")
     p.add_argument("--leave-timeout", type=float,
                    help="on SIGTERM, seconds to move guest tasks away before stopping (default 60)")
+    p.add_argument("--max-sessions", type=int, help="mosrun sessions open at once, all users (default 4096)")
+    p.add_argument("--max-sessions-per-user", type=int, help="mosrun sessions open at once per user (default 512)")
+    p.add_argument("--launch-timeout", type=float,
+                   help="seconds a new mosrun session has to send its launch request (default 10)")
+    p.add_argument("--admin-group", help="members may block this node and see and move every task (default: root only)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
     p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
@@ -54,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
               "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance",
-              "leave_timeout")
+              "leave_timeout", "max_sessions", "max_sessions_per_user", "launch_timeout",
+              "admin_group")
 
 
 def setup_logging(level: str, name: str) -> None:
@@ -72,6 +79,8 @@ async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
     from mosixd.daemon.node import NodeDaemon, StartupError, next_generation
 
     config = load_config(config_path, overrides)
+    if problem := node_id_problem(config.node_id):
+        raise ConfigError(f"node.id: {problem}")  # peers would refuse its every message
     setup_logging(config.log_level, config.node_id)
     key = load_key(config.key_file)
     try:

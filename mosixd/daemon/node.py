@@ -27,7 +27,8 @@ from mosixd.core.rebalance import MoveDecision, Rebalancer
 from mosixd.daemon.gossiper import Gossiper
 from mosixd.daemon.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
 from mosixd.daemon.service import add_services
-from mosixd.home.context import HomeNode
+from mosixd.daemon.userapi import UserApi
+from mosixd.home.context import HomeNode, SessionLimits
 from mosixd.home.sessions import HomeSessions
 from mosixd.host.hosted import HostedTask
 from mosixd.host.spawner import Spawner
@@ -100,7 +101,9 @@ class NodeDaemon:
         self.home = HomeSessions(HomeNode(
             node_id=config.node_id, generation=generation, python=self.python,
             advertise_host=advertise_host, state_dir=config.state_dir,
-            placement=self.placement, now=self.now, cluster_view=self.cluster_view, task_stream=self.task_stream))
+            placement=self.placement, now=self.now, cluster_view=self.cluster_view, task_stream=self.task_stream,
+            limits=SessionLimits(config.max_sessions, config.max_sessions_per_user, config.launch_timeout)))
+        self.tools = UserApi(self, limits=self.home.limits, admin_group=config.admin_group)
         now = clock()
         self.view = GossipView(
             config.node_id, config.advertise,
@@ -152,7 +155,8 @@ class NodeDaemon:
 
     def tables(self) -> dict[str, int]:
         """How many entries the daemon's own tables hold: none may outlive the task it is for."""
-        return {"sessions": self.home.sessions(), "task_records": len(self.home.records),
+        return {"sessions": self.home.sessions(), "tool_connections": self.tools.connections(),
+                "task_records": len(self.home.records),
                 "live_tasks": len(self.home.live), "hosted_tasks": len(self.tasks.tasks),
                 "starting": self.tasks.starting, "reservations": sum(self.placement.pending().values()),
                 "background_jobs": len(self._inflight) + self.gossip.background,
@@ -215,10 +219,10 @@ class NodeDaemon:
         health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         self.tcp_port = self._bind_tcp(server)
-        self._bind_unix(server)
+        self._claim_socket()
         await server.start()
-        _share_with_directory_group(self.config.socket)
         self._server = server
+        await self.tools.start(self.config.socket)
         await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
         self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self.gossip.run())]
@@ -237,7 +241,8 @@ class NodeDaemon:
             raise StartupError(f"cannot listen on {self.config.listen}: {_bind_reason(self.config.listen)}")
         return port
 
-    def _bind_unix(self, server: grpc.aio.Server) -> None:
+    def _claim_socket(self) -> None:
+        """Make room for the tools' socket, unless another daemon serves it."""
         path = self.config.socket
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,12 +252,6 @@ class NodeDaemon:
             if _socket_in_use(path):
                 raise StartupError(f"another mosixd is already serving {path}")
             path.unlink()  # stale, left by a daemon that was killed
-        try:
-            ok = server.add_insecure_port(f"unix:{path}")
-        except RuntimeError:
-            ok = 0
-        if not ok:
-            raise StartupError(f"cannot listen on the Unix socket {path}")
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -321,6 +320,7 @@ class NodeDaemon:
         for task in self._tasks:
             task.cancel()
         self.gossip.cancel()
+        await self.tools.stop()
         await self.home.stop()
         await self._announce_leave()
         if self._server is not None:
@@ -381,16 +381,6 @@ def _socket_in_use(path: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def _share_with_directory_group(path: Path) -> None:
-    """The tools' socket belongs to the group of its directory (mosix, for /run/mosix), whose
-    members may use it, whatever the daemon's own group and umask."""
-    try:
-        os.chown(path, -1, path.parent.stat().st_gid)
-        os.chmod(path, 0o660)
-    except OSError as exc:
-        log.warning("cannot open %s to the group of %s: %s", path, path.parent, exc.strerror)
 
 
 def _bind_reason(address: str) -> str:

@@ -7,13 +7,22 @@ checkpoint keeper, so none of them imports the daemon (and tests can build one b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc.aio
 
 from mosixd.core.gossip import NodeView
 from mosixd.core.policy import Placement
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one home takes from mosrun sessions (config ``[limits]``)."""
+
+    sessions: int = 4096           # open at once, all users together
+    per_user: int = 512            # open at once by one uid
+    launch_timeout: float = 10.0   # seconds a new session has to send its launch request
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class HomeNode:
     now: Callable[[], float]                          # the node's monotonic clock
     cluster_view: Callable[[], list[NodeView]]        # the gossip view, this node first
     task_stream: Callable[[str], grpc.aio.StreamStreamCall]  # a new task stream (Host.Execute) to a peer
+    limits: SessionLimits = field(default_factory=SessionLimits)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -39,12 +39,13 @@ import grpc.aio
 from mosixd.core.gossip import NodeState
 from mosixd.core.launchqueue import LaunchQueue
 from mosixd.core.policy import JobRequest, NoRoom
-from mosixd.home.context import HomeNode
+from mosixd.home.context import HomeNode, SessionLimits
 from mosixd.home.inbox import Inbox, Interrupted, SessionGone
 from mosixd.home.keeper import CheckpointKeeper
 from mosixd.home.livetask import LiveTask, TaskRecord
 from mosixd.home.moves import Mover
 from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire.auth import RefusalLog
 from mosrun.runtime import frames, netaddr
 
 log = logging.getLogger("mosixd.home.sessions")
@@ -62,10 +63,12 @@ class LaunchError(Exception):
         self.code = code
 
 
-def _peer_uid(writer: asyncio.StreamWriter) -> int:
+def peer_credentials(writer: asyncio.StreamWriter) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, from the kernel."""
     sock: socket.socket = writer.get_extra_info("socket")
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
 
 
 def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpec:
@@ -136,13 +139,19 @@ class HomeSessions:
         self._node = node
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], int] = {}  # open sessions -> the peer's uid
         self.records: dict[str, TaskRecord] = {}
         self.live: dict[str, LiveTask] = {}
         self.mover = Mover(node, self.live)
         self.keeper = CheckpointKeeper(node)
         self.queue = LaunchQueue()
+        self._refusals = RefusalLog()
         self._queue_moved = asyncio.Event()  # set (and replaced) whenever a task leaves the queue
+
+    @property
+    def limits(self) -> SessionLimits:
+        """The limits this home applies to local users (shared with the tools' socket)."""
+        return self._node.limits
 
     def sessions(self) -> int:
         """Sessions with mosrun open now."""
@@ -163,10 +172,29 @@ class HomeSessions:
         if self._sessions:
             await asyncio.wait(self._sessions, timeout=3)
 
+    def _over_limit(self, uid: int) -> str | None:
+        """Why one more session of ``uid`` is refused, or None. The limits keep one user's
+        idle connections from using up the daemon's descriptors for everyone."""
+        limits = self._node.limits
+        if len(self._sessions) >= limits.sessions:
+            return f"the home node has {len(self._sessions)} sessions open, its limit (limits.sessions)"
+        mine = sum(1 for owner in self._sessions.values() if owner == uid)
+        if mine >= limits.per_user:
+            return f"uid {uid} has {mine} sessions open, the limit per user (limits.sessions_per_user)"
+        return None
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)
+        uid = peer_credentials(writer)[1]
+        if refusal := self._over_limit(uid):
+            self._refusals.note(str(uid), "session", refusal)
+            with contextlib.suppress(Exception):
+                writer.write(frames.encode({"t": "error", "code": EXIT_LAUNCH, "message": refusal}))
+                await writer.drain()
+            await _close_gently(reader, writer, timeout=1.0)
+            return
+        self._sessions[task] = uid
         try:
             await self._session(reader, writer)
         except (ConnectionError, frames.ProtocolError) as exc:
@@ -178,7 +206,7 @@ class HomeSessions:
                                             "message": f"internal error in the home daemon: {exc!r}"}))
                 await writer.drain()
         finally:
-            self._sessions.discard(task)
+            self._sessions.pop(task, None)
             await _close_gently(reader, writer)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -196,7 +224,13 @@ class HomeSessions:
                 f"the home node cannot take its task's streams: {exc.strerror or exc}")})
             return
         await send({"t": "hello", "task": task_id, "host": host})
-        frame = await frames.read_frame(reader)
+        limit = self._node.limits.launch_timeout
+        try:
+            frame = await asyncio.wait_for(frames.read_frame(reader), limit)
+        except asyncio.TimeoutError:
+            await send({"t": "error", "code": EXIT_LAUNCH, "message": (
+                f"no launch request within {limit:g} s (limits.launch_timeout); session closed")})
+            return
         if frame is None:
             return
         header, _ = frame
@@ -204,7 +238,7 @@ class HomeSessions:
         try:
             if header["t"] != "launch":
                 raise LaunchError(f"expected a launch request, got {header['t']!r}")
-            spec = _spec_from_launch(header, _peer_uid(writer), host)
+            spec = _spec_from_launch(header, peer_credentials(writer)[1], host)
             spec.task_id, spec.home = task_id, self._node.node_id
             spec.python_version = self._node.python if spec.python else ""
             record = self.records[task_id] = TaskRecord(

@@ -32,6 +32,7 @@ from mosixd.host.outpipe import OutputPipe, big_pipe
 from mosixd.host.spawner import Spawner, SpawnFailed
 from mosixd.host.streams import open_streams, stdin_writer
 from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire.names import task_id_problem
 from mosrun.runtime import frames, launch, netaddr, transfer
 
 log = logging.getLogger("mosixd.host.tasks")
@@ -102,6 +103,9 @@ class TaskTable:
             await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
             return
         spec = first.start if kind == "start" else first.reserve
+        if problem := task_id_problem(spec.task_id):
+            await send(_refused(f"{self.node_id}: malformed task: {problem}", retry=False))
+            return
         if self.leaving:
             await send(_refused(f"{self.node_id}: it is leaving the cluster", retry=True))
             return
@@ -319,11 +323,14 @@ class TaskTable:
             await task.exited
 
     async def _spawn(self, spec: pb.TaskSpec, restore: tuple[socket.socket, bytes] | None = None) -> HostedTask:
+        # The scratch directory (made here, removed at exit) must be a child of our own root.
+        scratch = self._scratch_root / spec.task_id
+        if task_id_problem(spec.task_id) or scratch.parent != self._scratch_root:
+            raise SpawnError(f"malformed task id {spec.task_id[:40]!r}", retry=False)
         if not os.access(spec.executable, os.X_OK):
             raise SpawnError(f"{spec.executable} does not exist here or is not executable")
         identity = self._identity(spec)
         streams = await open_streams(spec)
-        scratch = self._scratch_root / spec.task_id
         scratch.mkdir(parents=True, exist_ok=True)
         if identity:
             os.chown(scratch, identity["user"], identity["group"])

@@ -43,6 +43,10 @@ class Config:
     log_level: str = "info"
     balance: bool = True
     leave_timeout: float = 60.0     # on SIGTERM: at most this long to move the guests away
+    max_sessions: int = 4096        # mosrun sessions open at once, all users together
+    max_sessions_per_user: int = 512
+    launch_timeout: float = 10.0    # a new session must send its launch request within this
+    admin_group: str = ""           # its members may block the node and move any task; "" = root only
     source: Path | None = field(default=None, compare=False)
 
 
@@ -59,6 +63,12 @@ def _address(key: str, value: Any) -> str:
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _name_or_empty(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value != value.strip():
+        raise ConfigError(f"{key}: expected a name (or \"\"), got {value!r}")
     return value
 
 
@@ -133,6 +143,10 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "gossip.down_after": ("down_after", _number(float, minimum=0.1)),
     "log.level": ("log_level", _choice("debug", "info", "warning", "error")),
     "policy.balance": ("balance", _flag),
+    "limits.sessions": ("max_sessions", _number(int, minimum=1)),
+    "limits.sessions_per_user": ("max_sessions_per_user", _number(int, minimum=1)),
+    "limits.launch_timeout": ("launch_timeout", _number(float, minimum=0.1)),
+    "security.admin_group": ("admin_group", _name_or_empty),
 }
 _KEY_OF_FIELD = {fname: key for key, (fname, _) in _SCHEMA.items()}
 

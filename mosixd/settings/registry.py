@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,34 @@ def runtime_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_RUNTIME_DIR")
     return Path(base) / "mosix" if base else Path(f"/tmp/mosix-{os.getuid()}")
+
+
+class UntrustedRuntimeDir(LookupError):
+    """The runtime directory could have been planted by another user (one-line message)."""
+
+
+def check_trusted(path: Path) -> None:
+    """Raise ``UntrustedRuntimeDir`` unless ``path`` is a real directory owned by this user or
+    by root and writable by its owner only. Another user who creates ``/tmp/mosix-$UID``
+    first could otherwise hand this user's tools a fake daemon socket. A missing directory
+    is fine: the caller creates its own."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UntrustedRuntimeDir(f"runtime directory {path}: {exc.strerror}") from None
+    uid = os.getuid()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        why = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+    elif st.st_uid not in (uid, 0):
+        why = f"owned by uid {st.st_uid}, not by you (uid {uid}) or root"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return
+    raise UntrustedRuntimeDir(f"refusing runtime directory {path}: {why}; remove it, or set "
+                              "MOSIX_RUNTIME_DIR to a directory of your own")
 
 
 def alive(pid: int) -> bool:
@@ -43,8 +72,11 @@ def present(path: str | os.PathLike[str]) -> bool:
 
 
 def read_registry(directory: Path | None = None) -> dict[str, Any] | None:
-    """The running local cluster of this user, or None (stale registries are ignored)."""
-    path = (directory or runtime_dir()) / REGISTRY
+    """The running local cluster of this user, or None (stale registries are ignored).
+    Raises ``UntrustedRuntimeDir`` when the directory is not safely this user's."""
+    root = directory or runtime_dir()
+    check_trusted(root)
+    path = root / REGISTRY
     try:
         registry = json.loads(path.read_text())
         pid = int(registry["pid"])

@@ -1,10 +1,15 @@
 """Cluster-key authentication for every RPC, between daemons and from clients.
 
-Each call carries ``x-mosix-auth: v1:<unix time>:<nonce>:<hmac>`` where the HMAC-SHA256 over
-the method name, time and nonce is keyed with the cluster key. The key itself never crosses
-the wire. The time bounds replays to ``MAX_SKEW`` seconds (nodes are expected to run NTP,
-as for Kerberos); mutual TLS is meant to be added as channel credentials in the two
-``open_*channel`` functions below, leaving the per-call check in place.
+Each call carries ``x-mosix-auth: v2:<unix time>:<nonce>:<body>:<hmac>``. The HMAC-SHA256,
+keyed with the cluster key, covers the method name, time, nonce and ``body``: the SHA-256 of
+the serialized request for calls with one request, ``-`` for calls that stream requests
+(``Host.Execute``). The key itself never crosses the wire. A server refuses a request whose
+bytes do not match the signed digest (a captured token cannot carry another body), a token
+it has already accepted (each nonce is remembered for the time the token is valid), and a
+time more than ``MAX_SKEW`` seconds off (nodes are expected to run NTP, as for Kerberos).
+A streamed call is protected by its nonce alone: over a plaintext network, a token copied in
+flight can still be raced to the server with another body. Mutual TLS, which closes that,
+goes in the two ``open_*channel`` functions below, leaving the per-call check in place.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import secrets
 import stat
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -27,6 +33,7 @@ log = logging.getLogger("mosixd.wire.auth")
 METADATA_KEY = "x-mosix-auth"
 MAX_SKEW = 300.0
 MIN_KEY_BYTES = 16
+UNBOUND = "-"  # the body field of a call whose requests stream
 # Liveness probes (grpc.health.v1) reveal nothing and must work for plain health checkers.
 UNAUTHENTICATED_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
@@ -61,31 +68,87 @@ def generate_key(path: Path) -> bytes:
     return key
 
 
-def _digest(key: bytes, method: str, stamp: str, nonce: str) -> str:
-    msg = f"v1|{method}|{stamp}|{nonce}".encode()
+def body_digest(request: bytes) -> str:
+    """The ``body`` field that binds a token to one serialized request."""
+    return hashlib.sha256(request).hexdigest()[:32]
+
+
+def _digest(key: bytes, method: str, stamp: str, nonce: str, body: str) -> str:
+    msg = f"v2|{method}|{stamp}|{nonce}|{body}".encode()
     return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
-def sign(key: bytes, method: str, now: float | None = None) -> str:
-    """The metadata value that authenticates one call of ``method``."""
+def sign(key: bytes, method: str, body: str = UNBOUND, now: float | None = None) -> str:
+    """The metadata value that authenticates one call of ``method`` with this ``body``."""
     stamp = str(int(time.time() if now is None else now))
-    nonce = secrets.token_hex(8)
-    return f"v1:{stamp}:{nonce}:{_digest(key, method, stamp, nonce)}"
+    nonce = secrets.token_hex(12)
+    return f"v2:{stamp}:{nonce}:{body}:{_digest(key, method, stamp, nonce, body)}"
 
 
-def verify(key: bytes, method: str, token: str | None, now: float | None = None) -> str | None:
-    """None if the token is valid for this call, else the reason it is refused."""
+class Credentials:
+    """A token's fields, once its HMAC and time are checked."""
+
+    __slots__ = ("stamp", "nonce", "body")
+
+    def __init__(self, stamp: int, nonce: str, body: str) -> None:
+        self.stamp, self.nonce, self.body = stamp, nonce, body
+
+
+def check(key: bytes, method: str, token: str | None, now: float | None = None) -> Credentials | str:
+    """The token's fields if it is valid for a call of ``method``, else why it is refused.
+    Freshness against replays is the server's ``NonceCache``; the body, its ``bind``."""
     if not token:
         return "no cluster-key credentials"
     parts = token.split(":")
-    if len(parts) != 4 or parts[0] != "v1" or not parts[1].isdigit():
+    if len(parts) != 5 or parts[0] != "v2" or not parts[1].isdigit() or not parts[2] or not parts[3]:
         return "malformed credentials"
-    _, stamp, nonce, digest = parts
-    if not hmac.compare_digest(digest, _digest(key, method, stamp, nonce)):
+    _, stamp, nonce, body, digest = parts
+    if not hmac.compare_digest(digest, _digest(key, method, stamp, nonce, body)):
         return "wrong cluster key"
     if abs((time.time() if now is None else now) - int(stamp)) > MAX_SKEW:
         return f"credentials older than {MAX_SKEW:.0f}s (clock skew?)"
-    return None
+    return Credentials(int(stamp), nonce, body)
+
+
+def verify(key: bytes, method: str, token: str | None, now: float | None = None) -> str | None:
+    """None if the token's HMAC and time are valid for a call of ``method``, else why not."""
+    checked = check(key, method, token, now)
+    return checked if isinstance(checked, str) else None
+
+
+class NonceCache:
+    """The nonces of accepted tokens, each kept until its token could no longer pass the time
+    check, so that a token is accepted once. Bounded: when full, the oldest are dropped and
+    tokens not newer than the newest dropped are refused, which keeps replays out at the
+    price of refusing very old (but valid) tokens under a flood."""
+
+    def __init__(self, capacity: int = 200_000, skew: float = MAX_SKEW) -> None:
+        self.capacity, self.skew = capacity, skew
+        self._order: deque[tuple[int, str]] = deque()
+        self._seen: set[str] = set()
+        self._floor = -1  # stamps at or below this are refused (their nonces were dropped)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, stamp: int, nonce: str, now: float | None = None) -> str | None:
+        """Record the token; None if it is new, else why it is refused."""
+        now = time.time() if now is None else now
+        while self._order and self._order[0][0] < now - self.skew:
+            self._seen.discard(self._order.popleft()[1])
+        if nonce in self._seen:
+            return "replayed credentials (this token was already used)"
+        if stamp <= self._floor:
+            return "credentials too old to be checked against replays; retry"
+        while len(self._seen) >= self.capacity:
+            dropped_stamp, dropped = self._order.popleft()
+            self._seen.discard(dropped)
+            self._floor = max(self._floor, dropped_stamp)
+        self._seen.add(nonce)
+        # Stamps arrive nearly in order; a token a little older than the newest joins the end
+        # and expires a little late, which only keeps its nonce longer.
+        self._order.append((max(stamp, self._order[-1][0]) if self._order else stamp, nonce))
+        return None
 
 
 def _method_name(method: str | bytes) -> str:
@@ -95,22 +158,31 @@ def _method_name(method: str | bytes) -> str:
 # ---- server side -------------------------------------------------------------------------
 
 
-class _RefusalLog:
+class RefusalLog:
     """Logs refusals, at most one line per peer and reason every few seconds (no log floods)."""
 
-    def __init__(self, every: float = 5.0) -> None:
-        self._every = every
+    def __init__(self, every: float = 5.0, most: int = 1000) -> None:
+        self._every, self._most = every, most
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
     def note(self, peer: str, method: str, reason: str) -> None:
         now = time.monotonic()
+        if len(self._last) >= self._most:  # peers name themselves: never let them grow this
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self._every}
+            if len(self._last) >= self._most:
+                return
         last, suppressed = self._last.get((peer, reason), (-1e18, 0))
         if now - last < self._every:
             self._last[(peer, reason)] = (last, suppressed + 1)
             return
         more = f" (+{suppressed} more)" if suppressed else ""
-        log.warning("refused %s from %s: %s%s", method, peer, reason, more)
+        log.warning("refused %s from %s: %s%s", method, peer[:64], reason, more)
         self._last[(peer, reason)] = (now, 0)
+
+
+def _unparsed(_raw: bytes) -> None:
+    """A refused call's request is never parsed: garbage cannot make the server log."""
+    return None
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
@@ -124,9 +196,8 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, message: str) -> gr
         yield  # pragma: no cover - makes this an async generator
 
     if handler is None:
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    codec = {"request_deserializer": handler.request_deserializer,
-             "response_serializer": handler.response_serializer}
+        return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=_unparsed)
+    codec = {"request_deserializer": _unparsed, "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)
     if handler.request_streaming:
@@ -136,12 +207,45 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, message: str) -> gr
     return grpc.unary_unary_rpc_method_handler(refuse, **codec)
 
 
-class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call that does not carry valid cluster-key credentials."""
+class _Mismatch:
+    """What the checking deserializer hands on instead of a request: why it was refused."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+def _bound_handler(handler: grpc.RpcMethodHandler, body: str, on_refusal: Callable[[str], None]) -> grpc.RpcMethodHandler:
+    """``handler`` (one request, one reply) that runs only if the request's bytes are those
+    the token was signed for, and answers malformed bytes with INVALID_ARGUMENT, both
+    without a traceback in the log."""
+    parse = handler.request_deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        if not hmac.compare_digest(body_digest(raw), body):
+            return _Mismatch(grpc.StatusCode.UNAUTHENTICATED, "the request is not the one its credentials were signed for")
+        try:
+            return parse(raw) if parse is not None else raw
+        except Exception:  # any decoding error: the sender's fault, not ours
+            return _Mismatch(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Mismatch):
+            on_refusal(request.reason)
+            await context.abort(request.code, f"mosix: {request.reason}")
+        return await handler.unary_unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=deserialize,
+                                               response_serializer=handler.response_serializer)
+
+
+class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call that does not carry valid, fresh cluster-key credentials bound to
+    its request (see the module docstring)."""
+
+    def __init__(self, key: bytes, nonces: NonceCache | None = None) -> None:
         self._key = key
-        self._log = _RefusalLog()
+        self._nonces = nonces or NonceCache()
+        self._log = RefusalLog()
 
     async def intercept_service(
         self,
@@ -151,29 +255,46 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
         method = _method_name(details.method)
         if method in UNAUTHENTICATED_METHODS:
             return await continuation(details)
-        token = next((v for k, v in details.invocation_metadata or () if k == METADATA_KEY), None)
-        reason = verify(self._key, method, token if isinstance(token, str) else None)
-        if reason is None:
-            return await continuation(details)
-        peer = next((v for k, v in details.invocation_metadata or () if k == "x-mosix-node"), "?")
-        self._log.note(str(peer), method, reason)
-        return _refusing_handler(await continuation(details), f"mosix: {reason}")
+        metadata = details.invocation_metadata or ()
+        token = next((v for k, v in metadata if k == METADATA_KEY), None)
+        peer = str(next((v for k, v in metadata if k == "x-mosix-node"), "?"))
+        handler = await continuation(details)
+        checked = check(self._key, method, token if isinstance(token, str) else None)
+        if isinstance(checked, Credentials):
+            one_request = handler is not None and not handler.request_streaming
+            if one_request and checked.body == UNBOUND:
+                checked = "credentials not bound to the request"
+            elif not one_request and checked.body != UNBOUND:
+                checked = "malformed credentials"
+            elif replayed := self._nonces.admit(checked.stamp, checked.nonce):
+                checked = replayed
+        if isinstance(checked, str):
+            self._log.note(peer, method, checked)
+            return _refusing_handler(handler, f"mosix: {checked}")
+        if handler is not None and not handler.request_streaming:
+            if handler.response_streaming:  # none of ours; refuse rather than leave it unbound
+                return _refusing_handler(handler, "mosix: unsupported call shape")
+            return _bound_handler(handler, checked.body, lambda reason: self._log.note(peer, method, reason))
+        return handler
 
 
 # ---- client side -------------------------------------------------------------------------
 
 
-def call_metadata(key: bytes, method: str, sender: str = "") -> list[tuple[str, str]]:
-    """The metadata that authenticates one call of ``method`` ("/package.Service/Method")."""
-    metadata = [(METADATA_KEY, sign(key, method))]
+def call_metadata(key: bytes, method: str, sender: str = "", request: Any = None) -> list[tuple[str, str]]:
+    """The metadata that authenticates one call of ``method`` ("/package.Service/Method"):
+    bound to ``request`` (a protobuf message) for a call with one request, unbound (for a
+    stream of requests) when it is None."""
+    body = UNBOUND if request is None else body_digest(request.SerializeToString())
+    metadata = [(METADATA_KEY, sign(key, method, body))]
     if sender:
         metadata.append(("x-mosix-node", sender))
     return metadata
 
 
-def _with_auth(key: bytes, details: Any, sender: str) -> Any:
+def _with_auth(key: bytes, details: Any, sender: str, request: Any = None) -> Any:
     metadata = list(details.metadata or ())
-    metadata += call_metadata(key, _method_name(details.method), sender)
+    metadata += call_metadata(key, _method_name(details.method), sender, request)
     return details._replace(metadata=metadata)
 
 
@@ -186,12 +307,12 @@ class _AioAuthBase:
 # so every kind needs an interceptor object of its own.
 class _AioUnaryUnaryAuth(_AioAuthBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_with_auth(self._key, details, self._sender), request)
+        return await continuation(_with_auth(self._key, details, self._sender, request), request)
 
 
 class _AioUnaryStreamAuth(_AioAuthBase, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_with_auth(self._key, details, self._sender), request)
+        return await continuation(_with_auth(self._key, details, self._sender, request), request)
 
 
 class _AioStreamUnaryAuth(_AioAuthBase, grpc.aio.StreamUnaryClientInterceptor):
@@ -209,10 +330,10 @@ class _SyncAuth(
         self._key, self._sender = key, sender
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return continuation(_with_auth(self._key, details, self._sender), request)
+        return continuation(_with_auth(self._key, details, self._sender, request), request)
 
     def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return continuation(_with_auth(self._key, details, self._sender), request)
+        return continuation(_with_auth(self._key, details, self._sender, request), request)
 
     def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
         return continuation(_with_auth(self._key, details, self._sender), request_iterator)

@@ -9,6 +9,7 @@ from mosixd.core.gossip import Entry, NodeState, NodeView
 from mosixd.core.loadvector import LoadVector
 from mosixd.core.rumors import Rumor, Status
 from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire.names import MAX_ADDRESS_LENGTH, node_id_problem
 
 
 class MalformedMessage(ValueError):
@@ -41,9 +42,15 @@ def entry_to_pb(entry: Entry) -> pb.GossipEntry:
     )
 
 
+def _check_member(node_id: str, address: str, what: str) -> None:
+    if problem := node_id_problem(node_id):
+        raise MalformedMessage(f"{what}: {problem}")
+    if not address or len(address) > MAX_ADDRESS_LENGTH:
+        raise MalformedMessage(f"{what} for {node_id} without a usable address")
+
+
 def entry_from_pb(msg: pb.GossipEntry) -> Entry:
-    if not msg.node_id or not msg.address:
-        raise MalformedMessage("gossip entry without node id or address")
+    _check_member(msg.node_id, msg.address, "gossip entry")
     if not (math.isfinite(msg.age) and msg.age >= 0):
         raise MalformedMessage(f"gossip entry for {msg.node_id} with age {msg.age}")
     return Entry(
@@ -60,8 +67,7 @@ def rumor_to_pb(rumor: Rumor) -> pb.MemberRumor:
 
 
 def rumor_from_pb(msg: pb.MemberRumor) -> Rumor:
-    if not msg.node_id or not msg.address:
-        raise MalformedMessage("membership rumor without node id or address")
+    _check_member(msg.node_id, msg.address, "membership rumor")
     try:
         status = Status(msg.status)
     except ValueError:
@@ -113,3 +119,18 @@ def node_status_to_dict(msg: pb.NodeStatus) -> dict[str, Any]:
         "self": msg.self,
         "python": load.python,
     }
+
+
+def task_info_to_dict(t: pb.TaskInfo) -> dict[str, Any]:
+    """The JSON shape of a task shared by mosps --json and the tools' socket."""
+    return {"id": t.id, "user": t.user, "home": t.home, "where": t.where, "state": t.state,
+            "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
+            "pid": t.pid, **({"queue": t.queue} if t.queue else {})}
+
+
+def migrate_reply_to_dict(reply: pb.MigrateReply) -> dict[str, Any]:
+    """The JSON shape of a move's outcome (migrate --json)."""
+    return {"ok": reply.ok, "message": reply.message, "node": reply.node,
+            "freeze_seconds": round(reply.freeze_seconds, 4), "state_bytes": reply.state_bytes,
+            "transfer_seconds": round(reply.transfer_seconds, 4), "precopy_bytes": reply.precopy_bytes,
+            "precopy_rounds": reply.precopy_rounds}

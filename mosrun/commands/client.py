@@ -3,11 +3,14 @@
 The daemon is found by ``--node ADDR``, then ``$MOSIX_NODE``, then the system socket
 ``/run/mosix/mosixd.sock``, then this user's running ``mosixd --local`` cluster. ADDR is
 ``HOST:PORT``, ``unix:PATH``, a socket path, or a node id (``n2``) of the local cluster.
-The cluster key comes from ``--key``, then ``$MOSIX_KEY_FILE``, then the local cluster's key
-when the daemon belongs to it, then the system config's key file.
+
+A local daemon is asked over its tools socket, where the kernel tells it who the user is:
+users hold no credential. Only ``HOST:PORT`` speaks gRPC, as a node, and needs the cluster
+key: from ``--key``, then ``$MOSIX_KEY_FILE``, then the local cluster's key when the daemon
+belongs to it, then the system config's key file. That is for operators (root).
 
 Exit codes of the tools for these failures: 3 no daemon found or reachable, 4 refused
-(wrong cluster key), 1 anything else the daemon reports.
+(wrong cluster key, or not allowed for this user), 1 anything else the daemon reports.
 """
 
 from __future__ import annotations
@@ -69,11 +72,21 @@ def _system_key() -> Path:
         return SYSTEM_KEY
 
 
+def local_registry() -> dict[str, Any] | None:
+    """This user's running local cluster, or None; a planted runtime directory is refused."""
+    from mosixd.settings.registry import UntrustedRuntimeDir, read_registry
+
+    try:
+        return read_registry()
+    except UntrustedRuntimeDir as exc:
+        raise ClientError(str(exc), EXIT_NO_DAEMON) from None
+
+
 def resolve(node: str | None, key: Path | None) -> Target:
     """Find the daemon and its key, following the order in the module docstring."""
-    from mosixd.settings.registry import find_local_node, present, read_registry
+    from mosixd.settings.registry import find_local_node, present
 
-    registry = read_registry()
+    registry = local_registry()
     local_key = Path(registry["key_file"]) if registry else None
     node = node or os.environ.get("MOSIX_NODE") or None
     key = key or (Path(os.environ["MOSIX_KEY_FILE"]) if os.environ.get("MOSIX_KEY_FILE") else None)
@@ -98,8 +111,48 @@ def resolve(node: str | None, key: Path | None) -> Target:
         "cluster (start one with: mosixd --local 3)", EXIT_NO_DAEMON)
 
 
-class Connection:
-    """A blocking, authenticated connection to one daemon."""
+class _ToolsSocket:
+    """The local daemon's tools socket: the kernel tells it who we are; no key is needed."""
+
+    def __init__(self, path: str, label: str) -> None:
+        import socket
+
+        from mosixd.settings.registry import present
+
+        self.label = label
+        if present(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise ClientError(f"{path}: permission denied", EXIT_NO_DAEMON)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(CALL_TIMEOUT)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise ClientError(f"cannot reach mosixd at {path} ({exc.strerror or exc})", EXIT_NO_DAEMON) from None
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        from mosrun.runtime import frames
+
+        self._sock.settimeout(timeout)
+        try:
+            frames.send_frame(self._sock, {"t": "call", "op": op, "args": args})
+            frame = frames.recv_frame(self._sock)
+        except (OSError, frames.ProtocolError) as exc:
+            raise ClientError(f"{self.label}: the daemon did not answer ({exc})", EXIT_NO_DAEMON) from None
+        if frame is None:
+            raise ClientError(f"{self.label}: the daemon closed the connection", EXIT_NO_DAEMON)
+        header = frame[0]
+        if header.get("t") == "reply" and isinstance(header.get("result"), dict):
+            return header["result"]
+        code = EXIT_REFUSED if header.get("code") == "refused" else EXIT_ERROR
+        raise ClientError(f"{self.label}: {header.get('message', 'malformed answer')}", code)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _GrpcAdmin:
+    """A daemon's gRPC port, for operators who hold the cluster key (another machine's node)."""
 
     def __init__(self, target: Target) -> None:
         import grpc
@@ -111,19 +164,50 @@ class Connection:
             key = load_key(target.key_file)
         except KeyFileError as exc:
             raise ClientError(str(exc), EXIT_REFUSED) from None
-        from mosixd.settings.registry import present
-
-        if target.grpc_target.startswith("unix:") and present(target.grpc_target[5:]):
-            path = target.grpc_target[5:]
-            if not os.access(path, os.R_OK | os.W_OK):
-                raise ClientError(f"{path}: permission denied (members of its group may use it)", EXIT_NO_DAEMON)
         self.target = target
         self._grpc = grpc
         self._channel = open_channel(target.grpc_target, key)
         self._admin = rpc.AdminStub(self._channel)
 
+    def call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        from mosixd.wire import codec
+        from mosixd.wire import mosix_pb2 as pb
+
+        try:
+            if op == "status":
+                reply = self._admin.ClusterStatus(pb.ClusterStatusRequest(), timeout=timeout)
+                return {"node": reply.node_id, "nodes": [codec.node_status_to_dict(n) for n in reply.nodes],
+                        "tables": dict(sorted(reply.tables.items()))}
+            if op == "tasks":
+                reply = self._admin.ListTasks(pb.ListTasksRequest(), timeout=timeout)
+                return {"node": reply.node_id, "tasks": [codec.task_info_to_dict(t) for t in reply.tasks],
+                        "others": 0}
+            if op == "migrate":
+                # A key holder speaks as a node: it may move any task.
+                request = pb.MigrateRequest(task_id=args["task"], target=args["target"], uid=0)
+                return codec.migrate_reply_to_dict(self._admin.Migrate(request, timeout=timeout))
+            blocked = pb.SetBlockedRequest(blocked=bool(args["blocked"]))
+            return codec.node_status_to_dict(self._admin.SetBlocked(blocked, timeout=timeout))
+        except self._grpc.RpcError as exc:
+            raise _client_error(exc, self.target) from None
+
     def close(self) -> None:
         self._channel.close()
+
+
+class Connection:
+    """A blocking connection to one daemon: its tools socket (``unix:``), where the kernel
+    says who the user is, or its gRPC port with the cluster key (``HOST:PORT``)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        if target.grpc_target.startswith("unix:"):
+            self._api: _ToolsSocket | _GrpcAdmin = _ToolsSocket(target.grpc_target[5:], target.label)
+        else:
+            self._api = _GrpcAdmin(target)
+
+    def close(self) -> None:
+        self._api.close()
 
     def __enter__(self) -> "Connection":
         return self
@@ -131,53 +215,23 @@ class Connection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=CALL_TIMEOUT)
-        except self._grpc.RpcError as exc:
-            raise _client_error(exc, self.target) from None
-
     def cluster_status(self) -> dict[str, Any]:
         """The answering node's view: {"node": id, "nodes": [node dicts, self first], "tables": {name:
         entries in the daemon's own tables}}."""
-        from mosixd.wire import mosix_pb2 as pb
-        from mosixd.wire.codec import node_status_to_dict
-
-        reply = self._call(self._admin.ClusterStatus, pb.ClusterStatusRequest())
-        return {"node": reply.node_id, "nodes": [node_status_to_dict(n) for n in reply.nodes],
-                "tables": dict(sorted(reply.tables.items()))}
+        return self._api.call("status", {})
 
     def list_tasks(self) -> dict[str, Any]:
-        """mosps: {"node": id, "tasks": [task dicts]} of the answering node."""
-        from mosixd.wire import mosix_pb2 as pb
-
-        reply = self._call(self._admin.ListTasks, pb.ListTasksRequest())
-        return {"node": reply.node_id, "tasks": [
-            {"id": t.id, "user": t.user, "home": t.home, "where": t.where, "state": t.state,
-             "started": round(t.started, 3), "cpu": round(t.cpu, 3), "rss": t.rss, "command": t.command,
-             "pid": t.pid, **({"queue": t.queue} if t.queue else {})} for t in reply.tasks]}
+        """mosps: {"node": id, "tasks": [task dicts], "others": tasks of other users not shown}."""
+        return self._api.call("tasks", {})
 
     def migrate(self, task_id: str, target: str) -> dict[str, Any]:
         """Ask for a move; returns {"ok", "message", "node", "freeze_seconds", "state_bytes",
         "transfer_seconds", "precopy_bytes", "precopy_rounds"}."""
-        from mosixd.wire import mosix_pb2 as pb
-
-        request = pb.MigrateRequest(task_id=task_id, target=target, uid=os.getuid())
-        try:
-            reply = self._admin.Migrate(request, timeout=MIGRATE_TIMEOUT)
-        except self._grpc.RpcError as exc:
-            raise _client_error(exc, self.target) from None
-        return {"ok": reply.ok, "message": reply.message, "node": reply.node,
-                "freeze_seconds": round(reply.freeze_seconds, 4), "state_bytes": reply.state_bytes,
-                "transfer_seconds": round(reply.transfer_seconds, 4), "precopy_bytes": reply.precopy_bytes,
-                "precopy_rounds": reply.precopy_rounds}
+        return self._api.call("migrate", {"task": task_id, "target": target}, timeout=MIGRATE_TIMEOUT)
 
     def set_blocked(self, blocked: bool) -> dict[str, Any]:
         """Block or unblock the answering node; returns its node dict."""
-        from mosixd.wire import mosix_pb2 as pb
-        from mosixd.wire.codec import node_status_to_dict
-
-        return node_status_to_dict(self._call(self._admin.SetBlocked, pb.SetBlockedRequest(blocked=blocked)))
+        return self._api.call("block", {"blocked": blocked})
 
 
 def _client_error(exc: Any, target: Target) -> ClientError:
@@ -198,9 +252,7 @@ def open(args: argparse.Namespace) -> Iterator[Connection]:  # noqa: A001 - read
     node = args.node
     with contextlib.ExitStack() as stack:
         if local and not node and not os.environ.get("MOSIX_NODE"):
-            from mosixd.settings.registry import read_registry
-
-            if read_registry() is None:
+            if local_registry() is None:
                 stack.enter_context(ephemeral_cluster(local))
             node = "n1"  # the local cluster, even where a system daemon also runs
         conn = stack.enter_context(Connection(resolve(node, args.key)))
@@ -210,8 +262,6 @@ def open(args: argparse.Namespace) -> Iterator[Connection]:  # noqa: A001 - read
 @contextlib.contextmanager
 def ephemeral_cluster(n: int, timeout: float = 30.0) -> Iterator[None]:
     """Run ``mosixd --local n`` for the duration of the block, once all n nodes are up."""
-    from mosixd.settings.registry import read_registry
-
     if n < 1:
         raise ClientError(f"--local takes a positive number of nodes, got {n}", 2)
     # The nodes' logs go to a file: an unread pipe would block them once full.
@@ -225,7 +275,7 @@ def ephemeral_cluster(n: int, timeout: float = 30.0) -> Iterator[None]:
                 errors.seek(0)
                 err = errors.read().decode(errors="replace").strip().splitlines()
                 raise ClientError(f"local cluster did not start: {err[-1] if err else 'exit ' + str(proc.returncode)}")
-            if read_registry() is not None and _all_up(n):
+            if local_registry() is not None and _all_up(n):
                 break
             time.sleep(0.2)
         else:

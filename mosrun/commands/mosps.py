@@ -1,7 +1,8 @@
 """``mosps``: the tasks a node knows — those whose home it is (and where they run now) and
-those it runs for other homes.
+those it runs for other homes. A user sees their own tasks; other users' are only counted
+(root and the admin group see all).
 
-Exit codes: 0; 2 usage; 3 no daemon found or reachable; 4 wrong cluster key; 1 other.
+Exit codes: 0; 2 usage; 3 no daemon found or reachable; 4 refused (wrong cluster key over HOST:PORT); 1 other.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def format_tasks(listing: dict[str, Any], now: float | None = None) -> str:
         state = f"queued:{t['queue']}" if t.get("queue") else t["state"]
         lines.append(f"{t['id']:<14} {t['user']:<10} {t['home']:<6} {t['where'] or '-':<6} {state:<9} "
                      f"{age:>6.0f}s {t['cpu']:>7.1f}s {t['rss'] / 2**20:>6.1f}M  {t['command']}")
+    if listing.get("others"):
+        lines.append(f"({listing['others']} task(s) of other users not shown)")
     return "\n".join(lines)
 
 
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except client.ClientError as exc:
         print(f"mosps: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps({"node": listing["node"], "tasks": listing["tasks"]}) if args.json else format_tasks(listing))
+    shown = {"node": listing["node"], "tasks": listing["tasks"], "others": listing.get("others", 0)}
+    print(json.dumps(shown) if args.json else format_tasks(listing))
     return 0
 
 

@@ -264,12 +264,11 @@ def _run(opts: dict[str, Any], launch: dict[str, Any]) -> int:
 
 
 def _with_local_cluster(opts: dict[str, Any], launch: dict[str, Any]) -> int:
-    from mosixd.settings.registry import read_registry
-    from mosrun.commands.client import ClientError, ephemeral_cluster
+    from mosrun.commands.client import ClientError, ephemeral_cluster, local_registry
 
-    if opts["home_node"] or os.environ.get("MOSIX_NODE") or read_registry() is not None:
-        return _run(opts, launch)
     try:
+        if opts["home_node"] or os.environ.get("MOSIX_NODE") or local_registry() is not None:
+            return _run(opts, launch)
         with ephemeral_cluster(opts["local"]):
             return _run(opts, launch)
     except ClientError as exc:

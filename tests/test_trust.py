@@ -1,0 +1,205 @@
+"""Attacks on a daemon and on a user's tools, each refused (real gRPC, one daemon in process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from conftest import BIN, free_port
+from test_inprocess import KEY, make_node
+
+from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire.auth import body_digest, call_metadata
+
+SET_BLOCKED = "/mosix.v1.Admin/SetBlocked"
+EXECUTE = "/mosix.v1.Host/Execute"
+
+
+def _raw_call(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+    """A call that sends exactly the bytes given, with exactly the metadata given."""
+    return channel.unary_unary(method, request_serializer=lambda raw: raw,
+                               response_deserializer=pb.NodeStatus.FromString)
+
+
+def test_a_token_is_accepted_once_and_only_for_the_request_it_was_signed_for(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        port = free_port(["127.0.2.1"])
+        node = make_node(tmp_path, 1, port, [])
+        await node.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.2.1:{port}") as channel:
+                call = _raw_call(channel, SET_BLOCKED)
+                unblock = pb.SetBlockedRequest(blocked=False).SerializeToString()
+                block = pb.SetBlockedRequest(blocked=True).SerializeToString()
+                captured = call_metadata(KEY, SET_BLOCKED, request=pb.SetBlockedRequest(blocked=False))
+                reply = await call(unblock, metadata=captured, timeout=5)
+                assert reply.state == "up"
+                # The same token again, even with the same body: a replay.
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(unblock, metadata=captured, timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "replayed" in (info.value.details() or "")
+                # A fresh token for one body, sent with another: refused, and nothing changed.
+                fresh = call_metadata(KEY, SET_BLOCKED, request=pb.SetBlockedRequest(blocked=False))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(block, metadata=fresh, timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "not the one its credentials were signed for" in (info.value.details() or "")
+                assert node.cluster_view()[0].state.value == "up"
+                # A token for a stream of requests does not open a call with one request.
+                unbound = call_metadata(KEY, SET_BLOCKED)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(block, metadata=unbound, timeout=5)
+                assert "not bound" in (info.value.details() or "")
+                assert node.cluster_view()[0].state.value == "up"
+                # Garbage signed correctly is a malformed request, not a crash.
+                garbage = b"\xff\xff\xff\xff"
+                token = call_metadata(KEY, SET_BLOCKED, request=None)
+                token = [(k, v.replace(":-:", f":{body_digest(garbage)}:")) for k, v in token]
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(garbage, metadata=token, timeout=5)
+                # The digest was edited after signing: the HMAC no longer matches.
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await node.stop(grace=0.1)
+
+    asyncio.run(scenario())
+
+
+def test_malformed_bytes_under_valid_credentials_are_invalid_argument(tmp_path: Path) -> None:
+    class Garbage:
+        def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+            return b"\xff\xff\xff\xff"
+
+    async def scenario() -> None:
+        port = free_port(["127.0.2.1"])
+        node = make_node(tmp_path, 1, port, [])
+        await node.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.2.1:{port}") as channel:
+                metadata = call_metadata(KEY, SET_BLOCKED, request=Garbage())
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await _raw_call(channel, SET_BLOCKED)(Garbage().SerializeToString(), metadata=metadata, timeout=5)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "malformed request" in (info.value.details() or "")
+        finally:
+            await node.stop(grace=0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_task_id_that_is_a_path_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (victim / "precious").write_text("keep me")
+
+    async def scenario() -> list[pb.HostEvent]:
+        port = free_port(["127.0.2.1"])
+        node = make_node(tmp_path, 1, port, [])
+        await node.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.2.1:{port}") as channel:
+                stub = channel.stream_stream(EXECUTE, request_serializer=pb.HomeMessage.SerializeToString,
+                                             response_deserializer=pb.HostEvent.FromString)
+                # state_dir is tmp_path/p1: the scratch root tmp_path/p1/tasks, two levels down.
+                spec = pb.TaskSpec(task_id="../../victim", user="root", uid=os.getuid(),
+                                   executable=sys.executable, argv=["python", "-c", "pass"])
+                call = stub(iter([pb.HomeMessage(start=spec)]), metadata=call_metadata(KEY, EXECUTE, "p9"),
+                            timeout=10)
+                return [event async for event in call]
+        finally:
+            await node.stop(grace=0.1)
+
+    events = asyncio.run(scenario())
+    assert [e.WhichOneof("kind") for e in events] == ["refused"]
+    assert "malformed task: the task id '../../victim'" in events[0].refused.reason
+    assert not events[0].refused.retry
+    assert (victim / "precious").read_text() == "keep me"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700
+
+
+def _tool(args: list[str], runtime: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MOSIX_NODE", "XDG_RUNTIME_DIR")}
+    env["MOSIX_RUNTIME_DIR"] = str(runtime)
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("plant", ["another owner", "group-writable", "symlink"])
+def test_a_planted_runtime_directory_is_refused_by_every_tool(tmp_path: Path, plant: str) -> None:
+    runtime = tmp_path / "mosix-runtime"
+    if plant == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("making a directory owned by another user needs root")
+        runtime.mkdir(mode=0o700)
+        os.chown(runtime, 54321, 54321)
+    elif plant == "group-writable":
+        runtime.mkdir()
+        os.chmod(runtime, 0o770)
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        runtime.symlink_to(tmp_path / "elsewhere")
+    # What a squatter leaves there: a registry naming a live pid and a socket of its own.
+    if plant != "another owner":
+        (runtime / "local.json").write_text(
+            '{"pid": %d, "key_file": "/nonexistent", "nodes": [{"id": "n1", "address": "127.0.1.1:1",'
+            ' "socket": "%s", "session": "%s"}]}' % (os.getpid(), runtime / "x.sock", runtime / "mosrun.sock"))
+    mosrun = _tool(["mosrun", "python", "-c", "print('ran')"], runtime)
+    mosctl = _tool(["mosctl", "status"], runtime)
+    local = _tool(["mosixd", "--local", "2", "--port", "0"], runtime)
+    for result, code in ((mosrun, 125), (mosctl, 3), (local, 1)):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code, result.stderr
+        assert len(lines) == 1 and "refusing runtime directory" in lines[0], result.stderr
+        assert "ran" not in result.stdout
+
+
+def test_idle_sessions_are_capped_per_user_and_closed_after_the_launch_timeout(tmp_path: Path) -> None:
+    from mosixd.daemon.load import LoadSampler
+    from mosixd.daemon.node import NodeDaemon
+    from mosixd.settings.config import load_config
+    from mosrun.runtime import frames
+    from test_inprocess import ConstantDemand
+
+    async def scenario() -> None:
+        port = free_port(["127.0.2.1"])
+        config = load_config(None, {
+            "node_id": "p1", "listen": f"127.0.2.1:{port}", "state_dir": str(tmp_path / "p1"),
+            "socket": str(tmp_path / "p1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0,
+            "max_sessions_per_user": 3, "launch_timeout": 1.0})
+        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(0.0), cpus=2, speed=1.0), generation=1)
+        await node.start()
+        opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            for _ in range(3):  # idle sessions: connected, never launching
+                reader, writer = await asyncio.open_unix_connection(str(node.session_socket))
+                opened.append((reader, writer))
+                frame = await asyncio.wait_for(frames.read_frame(reader), 5)
+                assert frame is not None and frame[0]["t"] == "hello"
+            reader, writer = await asyncio.open_unix_connection(str(node.session_socket))
+            frame = await asyncio.wait_for(frames.read_frame(reader), 5)
+            assert frame is not None and frame[0]["t"] == "error"
+            assert "the limit per user (limits.sessions_per_user)" in frame[0]["message"]
+            writer.close()
+            # The idle ones are told why and closed once the launch timeout passes ...
+            for reader, _ in opened:
+                frame = await asyncio.wait_for(frames.read_frame(reader), 5)
+                assert frame is not None and "no launch request within 1 s" in frame[0]["message"]
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            # ... which frees their slots.
+            reader, writer = await asyncio.open_unix_connection(str(node.session_socket))
+            frame = await asyncio.wait_for(frames.read_frame(reader), 5)
+            assert frame is not None and frame[0]["t"] == "hello"
+            writer.close()
+        finally:
+            for _, writer in opened:
+                writer.close()
+            await node.stop(grace=0.1)
+
+    asyncio.run(scenario())

@@ -1,0 +1,145 @@
+"""Users on the rig: the tools' socket knows who asks from the kernel, not from a key.
+
+The daemons of ``mosixd --local 2`` run as root, and so do the tasks started by root's
+mosrun. Another user (``nobody``) then speaks to the same tools socket from a forked child
+that gave up root: nothing of this install needs to be readable by that user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, LocalRig, counter, start_rig, wait_for
+
+from mosrun.runtime import frames
+
+NOBODY = 65534
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to speak as another user")
+
+
+def as_user(uid: int, path: str, calls: list[dict[str, Any]], timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Send ``calls`` over the Unix socket at ``path`` from a child process running as ``uid``;
+    the answers' headers, in order."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, ask, report through the pipe, never return
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            answers = []
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(path)
+                for call in calls:
+                    frames.send_frame(sock, call)
+                    frame = frames.recv_frame(sock)
+                    answers.append(frame[0] if frame else {"t": "closed"})
+            os.write(write_end, json.dumps(answers).encode())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write_end, json.dumps([{"t": "child-failed", "message": repr(exc)}]).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))
+
+
+@pytest.fixture(scope="module")
+def rig2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rig = start_rig(2, tmp_path_factory.mktemp("users"))
+    try:
+        wait_for(rig.converged, 30)
+        # Let other users reach the sockets (never read the key): traverse-only directories.
+        for directory in [rig.runtime, *[Path(rig.node(n)["socket"]).parent for n in ("n1", "n2")]]:
+            for d in [directory, *directory.parents]:
+                if d == Path("/"):
+                    break
+                d.chmod(d.stat().st_mode | stat.S_IXOTH)
+        yield rig
+    finally:
+        rig.stop()
+
+
+def _running_task(rig: LocalRig, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    (tmp_path / "job.py").write_text(counter(2000, pause=0.05))
+    import subprocess
+
+    proc = subprocess.Popen([str(BIN / "mosrun"), "-r", "n2", "python", "job.py"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=rig.env)
+    task = wait_for(lambda: next((t for t in rig.tasks("n1") if t["state"] == "running"), None), 30)
+    return proc, task
+
+
+def test_another_user_sees_the_cluster_but_not_roots_tasks_and_cannot_move_them(rig2: LocalRig, tmp_path: Path) -> None:
+    proc, task = _running_task(rig2, tmp_path)
+    try:
+        path = rig2.node("n1")["socket"]
+        status, tasks, move, block, bogus = as_user(NOBODY, path, [
+            {"t": "call", "op": "status", "args": {}},
+            {"t": "call", "op": "tasks", "args": {}},
+            {"t": "call", "op": "migrate", "args": {"task": task["id"], "target": "n1"}},
+            {"t": "call", "op": "block", "args": {"blocked": True}},
+            {"t": "call", "op": "../../etc/passwd", "args": {}},
+        ])
+        assert status["t"] == "reply" and {n["id"] for n in status["result"]["nodes"]} == {"n1", "n2"}
+        assert tasks["t"] == "reply" and tasks["result"]["tasks"] == [] and tasks["result"]["others"] >= 1
+        assert move["t"] == "reply" and not move["result"]["ok"]
+        assert f"only the owner of task {task['id']} (root) or root may move it" in move["result"]["message"]
+        assert block == {"t": "error", "code": "refused",
+                         "message": "only root may block or unblock a node (nobody may not)"}
+        assert bogus["t"] == "error" and bogus["code"] == "invalid"
+        # Nothing moved, nothing blocked; root still sees and moves its own task.
+        assert next(t for t in rig2.tasks("n1") if t["id"] == task["id"])["where"] == "n2"
+        assert rig2.view("n1") == {"n1": "up", "n2": "up"}
+        moved = rig2.tool("migrate", "--json", "--node", "n1", task["id"], "n1", timeout=60)
+        assert moved.returncode == 0 and json.loads(moved.stdout)["ok"], moved.stderr
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_the_tools_need_no_key_and_a_wrong_one_is_refused_only_over_the_network(rig2: LocalRig, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("0123456789abcdef0123456789abcdef\n")
+    wrong.chmod(0o600)
+    env = dict(rig2.env, MOSIX_KEY_FILE=str(wrong))
+    local = rig2.tool("mosmon", "--json", "--node", "n1", env=env)
+    assert local.returncode == 0, local.stderr  # the socket: the kernel vouches, no key read
+    # Seen from a machine without the local cluster's registry, the address is a remote node.
+    env["MOSIX_RUNTIME_DIR"] = str(tmp_path / "elsewhere")
+    remote = rig2.tool("mosmon", "--json", "--node", rig2.node("n1")["address"], env=env)
+    assert remote.returncode == 4 and len(remote.stderr.splitlines()) == 1
+    assert "refused the cluster key" in remote.stderr
+
+
+def test_garbage_on_the_tools_socket_costs_one_connection(rig2: LocalRig) -> None:
+    path = rig2.node("n1")["socket"]
+    before = len(rig2.log.read_text())
+    for junk in (b"\x00" * 3, b"\xff" * 64, frames.PREFIX.pack(10, 0) + b"not json!!", b"GET / HTTP/1.1\r\n\r\n"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(1 << 16):  # the daemon closes its end
+                pass
+    time.sleep(0.2)
+    assert rig2.view("n1") == {"n1": "up", "n2": "up"}
+    log = rig2.log.read_text()[before:]
+    assert "Traceback" not in log, log
