@@ -25,9 +25,9 @@ RUN python3 -m venv /opt/mosix \
     && /opt/mosix/bin/pip install --no-index --find-links /wheels mosix \
     && rm -rf /wheels
 
-# The daemon's directories and group, as in the systemd set-up: members of mosix use the tools.
-RUN groupadd --system mosix \
-    && install -d -m 0750 -g mosix /etc/mosix /run/mosix \
+# The daemon's directories, as in the systemd set-up: every user reaches the sockets in
+# /run/mosix (the kernel tells the daemon who they are); the node's key is root's alone.
+RUN install -d -m 0755 /etc/mosix /run/mosix \
     && install -d -m 0700 /var/lib/mosix
 COPY docker/entrypoint.sh /usr/local/bin/mosix-entrypoint
 

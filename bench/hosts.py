@@ -130,8 +130,9 @@ import json, math, sys, threading, time
 from mosrun.commands.client import Connection, Target
 from pathlib import Path
 nodes, subject, wanted = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-key = Path("/tmp/mosix/cluster.key")
-conns = {f"n{i}": Connection(Target(f"n{i}:7410", key, f"n{i}")) for i in range(1, nodes + 1) if f"n{i}" != subject}
+tls = (Path("/tmp/mosix/tls/ca.crt"), Path("/tmp/mosix/tls/node.crt"), Path("/tmp/mosix/tls/node.key"))
+conns = {f"n{i}": Connection(Target(f"n{i}:7410", Path("/nonexistent"), f"n{i}", tls))
+         for i in range(1, nodes + 1) if f"n{i}" != subject}
 seen, lock = {}, threading.Lock()
 print("ready", flush=True)
 sys.stdin.readline()

@@ -52,12 +52,13 @@ class ClusterWatch:
 
     def __init__(self, runtime: Path) -> None:
         from mosixd.wire import mosix_pb2_grpc as rpc
-        from mosixd.wire.auth import load_key, open_channel
+        from mosixd.wire.auth import open_channel
+        from mosixd.wire.tls import TlsFiles, load
 
         registry = json.loads((runtime / "local.json").read_text())
-        key = load_key(Path(registry["key_file"]))
+        tls = load(TlsFiles(*(Path(registry["tls"][k]) for k in ("ca", "cert", "key"))))
         self.nodes: dict[str, dict[str, Any]] = {n["id"]: n for n in registry["nodes"]}
-        self._channels = {i: open_channel(n["address"], key) for i, n in self.nodes.items()}
+        self._channels = {i: open_channel(n["address"], None, tls=tls, expect=i) for i, n in self.nodes.items()}
         self._stubs = {i: rpc.AdminStub(c) for i, c in self._channels.items()}
 
     def views(self, ids: list[str] | None = None, timeout: float = 2.0) -> dict[str, dict[str, str] | None]:

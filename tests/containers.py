@@ -16,7 +16,6 @@ says why, and the suites skip with that reason.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -185,20 +184,24 @@ networks:
       config:
         - subnet: {SUBNET}
 secrets:
-  cluster_key:
-    file: {{key}}
+{{secrets}}
 """
 
 
 class Compose:
-    """``docker-compose.yml`` under a project name of its own, with :data:`OVERRIDE` and a fresh
-    cluster key: ``compose("up", "-d")`` runs docker-compose, ``sh("n1", ...)`` a command in a node."""
+    """``docker-compose.yml`` under a project name of its own, with :data:`OVERRIDE` and fresh
+    certificates made as README says (``mosixd ca``): ``compose("up", "-d")`` runs
+    docker-compose, ``sh("n1", ...)`` a command in a node."""
 
     def __init__(self, engine: Engine, tmp: Path, base: str) -> None:
-        key, override = tmp / "cluster.key", tmp / "override.yml"
-        key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-        key.chmod(0o600)
-        override.write_text(OVERRIDE.format(key=key))
+        tls, override = tmp / "tls", tmp / "override.yml"
+        run([sys.executable, "-m", "mosixd", "ca", "init", "--dir", str(tls)])
+        for node in NODES:
+            run([sys.executable, "-m", "mosixd", "ca", "issue", node, "--dir", str(tls)])
+        files = {"tls_ca": tls / "ca.crt", **{f"{n}_{kind}": tls / f"{n}.{'crt' if kind == 'cert' else 'key'}"
+                                              for n in NODES for kind in ("cert", "key")}}
+        secrets = "\n".join(f"  {name}:\n    file: {path}" for name, path in files.items())
+        override.write_text(OVERRIDE.format(secrets=secrets))
         self.files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(override)]
         self.env = dict(engine.env, MOSIX_BASE=base)
 

@@ -31,7 +31,6 @@ left behind. Needs root, iproute2 and util-linux (``nsenter``, ``unshare``).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -193,7 +192,7 @@ class HostsRig:
     def env(self, node: str) -> dict[str, str]:
         """What the mosix tools need in ``node`` to find its daemon and the key."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOSIX_")}
-        env.update(MOSIX_NODE=f"{NODE_DIR}/mosixd.sock", MOSIX_KEY_FILE=f"{NODE_DIR}/cluster.key",
+        env.update(MOSIX_NODE=f"{NODE_DIR}/mosixd.sock",
                    PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}")
         return env
 
@@ -388,19 +387,28 @@ class HostsRig:
     # ---- mosix daemons -------------------------------------------------------------------------
 
     def _configure_daemons(self) -> None:
-        key = RIG / "cluster.key"
-        key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
-        key.chmod(0o600)
+        # The nodes listen on a network: they prove who they are with certificates of one CA.
+        from mosixd.wire.tls import init_ca, issue
+
+        ca = RIG / "ca"
+        shutil.rmtree(ca, ignore_errors=True)
+        init_ca(ca, "mosix hosts rig CA")
+        for node in self.nodes:
+            files = issue(ca, node, ca, [node])
+            self.put(node, f"{NODE_DIR}/tls/ca.crt", files.ca.read_bytes())
+            self.put(node, f"{NODE_DIR}/tls/node.crt", files.cert.read_bytes())
+            self.put(node, f"{NODE_DIR}/tls/node.key", files.key.read_bytes())
+            self.sh(node, f"chmod 600 {NODE_DIR}/tls/node.key")
         for node in self.nodes:
             peers = json.dumps([f"{p}:{PORT}" for p in self.nodes if p != node])
             config = "\n".join([
                 "[node]", f'id = "{node}"', f'listen = "{self.address(node)}:{PORT}"',
                 f'advertise = "{node}:{PORT}"', f"peers = {peers}", f'socket = "{NODE_DIR}/mosixd.sock"',
-                f'state_dir = "{NODE_DIR}/state"', f'key_file = "{NODE_DIR}/cluster.key"',
-                "[load]", 'source = "tasks"', "speed = 1.0", "cpus = 1", ""])
+                f'state_dir = "{NODE_DIR}/state"',
+                "[load]", 'source = "tasks"', "speed = 1.0", "cpus = 1",
+                "[tls]", f'ca = "{NODE_DIR}/tls/ca.crt"', f'cert = "{NODE_DIR}/tls/node.crt"',
+                f'key = "{NODE_DIR}/tls/node.key"', ""])
             self.put(node, f"{NODE_DIR}/mosix.toml", config)
-            self.put(node, f"{NODE_DIR}/cluster.key", key.read_bytes())
-            self.sh(node, f"chmod 600 {NODE_DIR}/cluster.key")
 
     def start_daemon(self, node: str, *flags: str) -> int:
         """Start ``node``'s mosixd (again); returns its pid."""

@@ -173,8 +173,8 @@ def test_every_user_uses_the_cluster_holds_no_key_and_only_root_blocks_a_node(cl
     watched = cluster.sh("n1", "mosmon --once", user="alice")
     assert watched.returncode == 0 and "3 up" in watched.stdout, watched.stderr
     # The key is the nodes' alone.
-    assert cluster.sh("n1", "stat -c '%a %U' /etc/mosix/cluster.key").stdout == "600 root\n"
-    assert cluster.sh("n1", "cat /etc/mosix/cluster.key", user="bob").returncode != 0
+    assert cluster.sh("n1", "stat -c '%a %U' /etc/mosix/tls/node.key").stdout == "600 root\n"
+    assert cluster.sh("n1", "cat /etc/mosix/tls/node.key", user="bob").returncode != 0
     # bob may look, but not block the node: one line that says why.
     assert cluster.sh("n1", "mosmon --once", user="bob").returncode == 0
     refused = cluster.sh("n1", "mosctl block", user="bob")

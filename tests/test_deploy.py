@@ -31,9 +31,11 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 NODE_IDS = ["n1", "n2", "n3"]
 PORT = 7410
-SECRET_NAME = "cluster_key"
-SECRET_IN_CONTAINER = "/run/secrets/cluster_key"
-KEY_FILE_IN_CONTAINER = "/etc/mosix/cluster.key"  # where the entrypoint puts it: the tools' default
+# The secrets of a node container, and where the entrypoint installs each.
+TLS_IN_CONTAINER = ("/etc/mosix/tls/ca.crt", "/etc/mosix/tls/node.crt", "/etc/mosix/tls/node.key")
+SECRETS_IN_CONTAINER = {"/run/secrets/tls_ca": ("0644", TLS_IN_CONTAINER[0]),
+                        "/run/secrets/node_cert": ("0644", TLS_IN_CONTAINER[1]),
+                        "/run/secrets/node_key": ("0600", TLS_IN_CONTAINER[2])}
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 STATE_DIR = "/var/lib/mosix"
 SOCKET = "/run/mosix/mosixd.sock"
@@ -62,6 +64,11 @@ TOML_KEYS = {
     ("limits", "sessions_per_user"): "--max-sessions-per-user",
     ("limits", "launch_timeout"): "--launch-timeout",
     ("security", "admin_group"): "--admin-group",
+    ("security", "insecure"): "--insecure",
+    ("metrics", "listen"): "--metrics",
+    ("tls", "ca"): "--tls-ca",
+    ("tls", "cert"): "--tls-cert",
+    ("tls", "key"): "--tls-key",
 }
 
 
@@ -222,7 +229,7 @@ def test_compose_nodes_match_the_local_rig():
     for node_id, plan in plans.items():
         got = flag_map(service_command(services[node_id]))
         want = flag_map(
-            plan.argv(state_dir=STATE_DIR, key_file=KEY_FILE_IN_CONTAINER, socket=SOCKET)
+            plan.argv(state_dir=STATE_DIR, tls=TLS_IN_CONTAINER, socket=SOCKET)
         )
         # The compose command says everything the local rig says, plus where peers
         # reach the node (--advertise) and how long it may take to leave.
@@ -236,7 +243,7 @@ def test_compose_nodes_match_the_local_rig():
         rig_peers = {rig_id_of[a] for a in want["--peers"].split(",")}
         assert compose_peers == rig_peers == set(NODE_IDS) - {node_id}
         assert got["--load-source"] == want["--load-source"] == "tasks"
-        for flag in ("--state-dir", "--key-file", "--socket"):
+        for flag in ("--state-dir", "--tls-ca", "--tls-cert", "--tls-key", "--socket"):
             assert got[flag] == want[flag], (node_id, flag)
 
 
@@ -247,29 +254,26 @@ def test_every_compose_command_is_accepted_by_mosixd():
         parse_with_mosixd(service_command(svc))
     # ... and so is what the local rig passes, with the same flag names.
     for plan in plan_cluster(3, port=PORT):
-        parse_with_mosixd(plan.argv(state_dir="/x", key_file="/k", socket="/s"))
+        parse_with_mosixd(plan.argv(state_dir="/x", tls=("/a", "/b", "/c"), socket="/s"))
 
 
-def test_compose_nodes_share_the_cluster_key_secret():
+def test_compose_nodes_get_their_own_certificate_as_secrets():
     compose = load_compose()
-    secret = compose["secrets"][SECRET_NAME]
-    assert secret == {"file": "./cluster.key"}
     for name, svc in compose["services"].items():
         targets = {}
         for entry in svc.get("secrets", []):
-            if isinstance(entry, str):
-                targets[entry] = f"/run/secrets/{entry}"
-            else:
-                target = entry.get("target", entry["source"])
-                if not target.startswith("/"):
-                    target = f"/run/secrets/{target}"
-                targets[entry["source"]] = target
-        assert targets.get(SECRET_NAME) == SECRET_IN_CONTAINER, name
-        # The entrypoint installs the secret where the daemon and, by default, the tools read
-        # it (the healthcheck's mosctl among them), readable by root only.
-        assert flag_map(service_command(svc))["--key-file"] == KEY_FILE_IN_CONTAINER, name
+            source = entry if isinstance(entry, str) else entry["source"]
+            target = entry if isinstance(entry, str) else entry.get("target", source)
+            targets[f"/run/secrets/{target}"] = compose["secrets"][source]["file"]
+        # Each node its own certificate and key; the CA's certificate shared; no cluster key.
+        assert targets == {"/run/secrets/tls_ca": "./tls/ca.crt", "/run/secrets/node_cert": f"./tls/{name}.crt",
+                           "/run/secrets/node_key": f"./tls/{name}.key"}, name
+        flags = flag_map(service_command(svc))
+        assert (flags["--tls-ca"], flags["--tls-cert"], flags["--tls-key"]) == TLS_IN_CONTAINER, name
+        assert "--key-file" not in flags and "--insecure" not in flags, name
     script = ENTRYPOINT.read_text()
-    assert f"install -m 0600 -o root -g root {SECRET_IN_CONTAINER} {KEY_FILE_IN_CONTAINER}" in script
+    for secret, (mode, path) in SECRETS_IN_CONTAINER.items():
+        assert f"install -D -m {mode} -o root -g root {secret} {path}" in script
     assert script.rstrip().endswith('exec mosixd "$@"')
 
 

@@ -241,14 +241,16 @@ def test_only_the_owner_may_move_a_task(shared_rig3: LocalRig, tmp_path: Path) -
 
     from mosixd.wire import mosix_pb2 as pb
     from mosixd.wire import mosix_pb2_grpc as rpc
-    from mosixd.wire.auth import load_key, open_channel
+    from mosixd.wire.auth import open_channel
+    from mosixd.wire.tls import TlsFiles, load
 
     write(tmp_path / "job.py", COUNTER.format(steps=40, pause=0.05))
     proc = start(shared_rig3, tmp_path, "job.py")
     try:
         task = running_task(shared_rig3)
-        key = load_key(Path(shared_rig3.registry()["key_file"]))
-        with open_channel(shared_rig3.node("n1")["address"], key) as channel:
+        # Even a node (here with n1's certificate) vouching for another uid may not move it.
+        tls = load(TlsFiles(*(Path(shared_rig3.registry()["tls"][k]) for k in ("ca", "cert", "key"))))
+        with open_channel(shared_rig3.node("n1")["address"], None, tls=tls, expect="n1") as channel:
             reply = rpc.AdminStub(channel).Migrate(
                 pb.MigrateRequest(task_id=task["id"], target="n3", uid=os.getuid() + 4242), timeout=30)
         assert not reply.ok and "only the owner" in reply.message

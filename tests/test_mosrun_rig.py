@@ -110,7 +110,8 @@ def test_queue_waits_for_a_node_to_accept(shared_rig3: LocalRig) -> None:
 def test_mosps_shows_where_each_task_runs(shared_rig3: LocalRig) -> None:
     proc = subprocess.Popen([str(BIN / "mosrun"), "-r", "n3", "-J", "probe", "sleep", "30"], env=shared_rig3.env)
     try:
-        task = wait_for(lambda: next((t for t in shared_rig3.tasks("n1") if t["command"] == "sleep 30"), None), 10)
+        task = wait_for(lambda: next((t for t in shared_rig3.tasks("n1")
+                                      if t["command"] == "sleep 30" and t["state"] == "running"), None), 10)
         assert (task["home"], task["where"], task["state"]) == ("n1", "n3", "running")
         assert set(task) >= {"id", "user", "home", "where", "state", "started", "cpu", "rss", "command"}
         hosted = wait_for(lambda: [t for t in shared_rig3.tasks("n3") if t["id"] == task["id"]], 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -63,32 +64,72 @@ def test_blocked_node_is_shown_blocked_everywhere(rig3: LocalRig) -> None:
     wait_for(rig3.converged, 10)
 
 
-def test_client_with_wrong_key_is_refused_and_logged(rig3: LocalRig, tmp_path: Path) -> None:
+def _issue(rig: LocalRig | None, node_id: str, where: Path) -> list[str]:
+    """``mosixd ca issue`` as an administrator runs it: with the rig's CA, or (rig None) a CA of
+    its own made first in ``where``; the flags that give a daemon the certificate."""
+    ca = where if rig is None else Path(rig.registry()["tls"]["ca"]).parent
+    if rig is None:
+        made = subprocess.run([str(BIN / "mosixd"), "ca", "init", "--dir", str(ca)], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+    made = subprocess.run([str(BIN / "mosixd"), "ca", "issue", node_id, "--dir", str(ca), "--out", str(where)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0 and f"for node {node_id}" in made.stdout, made.stderr
+    assert stat.S_IMODE((where / f"{node_id}.key").stat().st_mode) == 0o600
+    return ["--tls-ca", str(ca / "ca.crt"), "--tls-cert", str(where / f"{node_id}.crt"),
+            "--tls-key", str(where / f"{node_id}.key")]
+
+
+def test_a_client_without_a_certificate_of_the_cluster_is_refused(rig3: LocalRig, tmp_path: Path) -> None:
+    import grpc
+
+    from mosixd.wire import mosix_pb2 as pb
+    from mosixd.wire import mosix_pb2_grpc as rpc
+    from mosixd.wire.auth import open_channel
+    from mosixd.wire.tls import TlsFiles, load
+
+    address = rig3.node("n1")["address"]
+    other = tmp_path / "other-ca"
+    _issue(None, "n1", other)  # a certificate for "n1", from another CA
+    for channel in (grpc.insecure_channel(address),
+                    open_channel(address, None, tls=load(TlsFiles(other / "ca.crt", other / "n1.crt",
+                                                                 other / "n1.key")), expect="n1")):
+        with channel, pytest.raises(grpc.RpcError) as info:
+            rpc.AdminStub(channel).ClusterStatus(pb.ClusterStatusRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The tools over a port, as from another machine with only a (wrong) key: one line.
     wrong = tmp_path / "wrong.key"
     wrong.write_text("this-is-not-the-cluster-key-0123456789\n")
-    # A key is used only over the network: ask n1's port as if from another machine.
     env = dict(rig3.env, MOSIX_RUNTIME_DIR=str(tmp_path / "elsewhere"))
-    out = rig3.tool("mosmon", "--json", "--node", rig3.node("n1")["address"], "--key", str(wrong), env=env)
-    assert out.returncode == 4
-    assert out.stderr.strip().count("\n") == 0, "one line"
-    assert "refused the cluster key" in out.stderr
-    wait_for(lambda: "refused /mosix.v1.Admin/ClusterStatus" in rig3.log.read_text()
-             and "wrong cluster key" in rig3.log.read_text(), 5)
+    out = rig3.tool("mosmon", "--json", "--node", address, "--key", str(wrong), env=env)
+    assert out.returncode == 3 and out.stderr.count("\n") == 1
+    assert f"cannot reach mosixd at {address} (unavailable; tried with key {wrong})" in out.stderr
+    assert rig3.converged()
 
 
-def test_a_daemon_with_another_key_cannot_join(rig3: LocalRig, tmp_path: Path) -> None:
-    key = tmp_path / "intruder.key"
-    key.write_text("an-intruder-key-that-is-long-enough\n")
-    port = free_port(["127.0.1.9"])
-    intruder = subprocess.Popen(
-        [str(BIN / "mosixd"), "--id", "intruder", "--listen", f"127.0.1.9:{port}", "--peers",
-         rig3.node("n1")["address"], "--key-file", str(key), "--state-dir", str(tmp_path / "st"),
-         "--socket", str(tmp_path / "intruder.sock"), "--load-source", "tasks", "--speed", "1"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "intruder.log").open("wb"))
-    rig3.extra_procs.append(intruder)
-    wait_for(lambda: "refused our cluster key" in (tmp_path / "intruder.log").read_text(), 10)
-    assert "intruder" not in (rig3.view("n1") or {})
-    assert intruder.poll() is None, "a refused peer is retried, never a crash"
+def test_a_daemon_of_another_ca_cannot_join_and_a_node_speaks_only_for_itself(rig3: LocalRig, tmp_path: Path) -> None:
+    def daemon(node_id: str, host: str, flags: list[str], log: Path) -> subprocess.Popen[bytes]:
+        port = free_port([host])
+        proc = subprocess.Popen(
+            [str(BIN / "mosixd"), "--id", node_id, "--listen", f"{host}:{port}", "--peers",
+             rig3.node("n1")["address"], *flags, "--state-dir", str(tmp_path / node_id / "state"),
+             "--socket", str(tmp_path / node_id / "mosixd.sock"), "--load-source", "tasks", "--speed", "1"],
+            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        rig3.extra_procs.append(proc)
+        return proc
+
+    stranger_log, liar_log = tmp_path / "stranger.log", tmp_path / "liar.log"
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "n2").mkdir()
+    stranger = daemon("stranger", "127.0.1.9", _issue(None, "stranger", tmp_path / "stranger"), stranger_log)
+    # A real certificate of the cluster, for n8, on a daemon that says it is n2.
+    liar = daemon("n2", "127.0.1.8", _issue(rig3, "n8", tmp_path / "n2"), liar_log)
+    wait_for(lambda: "unreachable" in stranger_log.read_text(), 15)
+    wait_for(lambda: "permission_denied" in liar_log.read_text(), 15)
+    assert "cannot speak for 'n2'" in liar_log.read_text()
+    view = rig3.view("n1") or {}
+    assert "stranger" not in view and "n8" not in view
+    assert rig3.converged()  # n2 itself is untouched
+    assert stranger.poll() is None and liar.poll() is None, "a refused peer is retried, never a crash"
 
 
 def test_stopping_the_local_cluster_leaves_no_process(tmp_path: Path) -> None:
@@ -142,14 +183,13 @@ def test_a_late_node_naming_one_seed_is_known_to_all(rig3: LocalRig, tmp_path: P
     port = free_port(["127.0.1.9"])
     late = subprocess.Popen(
         [str(BIN / "mosixd"), "--id", "n9", "--listen", f"127.0.1.9:{port}", "--peers", rig3.node("n3")["address"],
-         "--key-file", rig3.registry()["key_file"], "--state-dir", str(tmp_path / "n9"),
+         *_issue(rig3, "n9", tmp_path), "--state-dir", str(tmp_path / "n9"),
          "--socket", str(tmp_path / "n9.sock"), "--load-source", "tasks", "--speed", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rig3.extra_procs.append(late)
     # n1 and n2 were never told about n9: they learn it through gossip, without restart.
     wait_for(lambda: rig3.converged(["n1", "n2", "n3"], {"n9": "up", "n1": "up", "n2": "up", "n3": "up"}), 15)
-    snap = json.loads(rig3.tool("mosmon", "--json", "--node", f"unix:{tmp_path / 'n9.sock'}",
-                                "--key", rig3.registry()["key_file"]).stdout)
+    snap = json.loads(rig3.tool("mosmon", "--json", "--node", f"unix:{tmp_path / 'n9.sock'}").stdout)
     assert {n["id"] for n in snap["nodes"]} == {"n1", "n2", "n3", "n9"}
 
 

@@ -54,6 +54,10 @@ def config(node: str) -> str:
         listen = "0.0.0.0:7410"
         advertise = "{node}:7410"
         peers = {peers}
+        [tls]
+        ca = "/etc/mosix/tls/ca.crt"
+        cert = "/etc/mosix/tls/node.crt"
+        key = "/etc/mosix/tls/node.key"
         [load]
         source = "tasks"
         """)
@@ -121,18 +125,19 @@ def nodes(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> It
             wait_for(lambda: nodes.sh(node, "systemctl is-system-running").stdout.strip() in ("running", "degraded"),
                      60)
             nodes.ok(node, f"useradd -m -u {ALICE} alice")
-        key = ""
         offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"}  # pip as written, from the wheelhouse
         for command in header_commands():
             for node in NODES:
                 if command.startswith("$EDITOR"):
                     nodes.ok(node, "cat > /etc/mosix/mosix.toml", input=config(node))
-                elif "/dev/urandom" in command and key:
-                    nodes.ok(node, "cat > /root/cluster.key.new", input=key)  # the same key everywhere
+                elif command.startswith("mosixd ca init") and node != NODES[0]:
+                    # One CA for the cluster. The header issues on the CA's machine and copies
+                    # the results; here each node issues its own from a copy of that CA.
+                    for name in ("ca.crt", "ca.key"):
+                        pem = nodes.ok(NODES[0], f"cat /root/mosix-ca/{name}")
+                        nodes.ok(node, f"mkdir -p /root/mosix-ca && cat > /root/mosix-ca/{name}", input=pem)
                 else:
                     nodes.ok(node, f"cd /src && {command}", env=offline, timeout=300)
-                if "/dev/urandom" in command and not key:
-                    key = nodes.ok(node, "cat /root/cluster.key.new")
         wait_for(nodes.up, 60)
         yield nodes
     finally:
@@ -146,12 +151,12 @@ def test_the_unit_installed_as_its_header_says_runs_on_both_nodes(nodes: Nodes) 
         assert nodes.unit(node, "ActiveState") == "active"
         assert nodes.unit(node, "UnitFileState") == "enabled"
         assert nodes.ok(node, "stat -c '%a %U' /run/mosix/mosixd.sock /run/mosix/mosrun.sock "
-                              "/etc/mosix/cluster.key") == "666 root\n666 root\n600 root\n"
+                              "/etc/mosix/tls/node.key") == "666 root\n666 root\n600 root\n"
 
 
 def test_an_ordinary_user_uses_every_command(nodes: Nodes) -> None:
     as_alice = {"user": "alice"}
-    assert nodes.sh("n1", "cat /etc/mosix/cluster.key", **as_alice).returncode != 0
+    assert nodes.sh("n1", "cat /etc/mosix/tls/node.key", **as_alice).returncode != 0
     assert "2 nodes, 2 up" in nodes.ok("n1", "mosmon --once", **as_alice)
     status = json.loads(nodes.ok("n1", "mosctl status --json", **as_alice))
     assert status["cluster"]["up"] == 2

@@ -253,6 +253,10 @@ class GossipView:
         rec = self._nodes.get(node_id)
         return None if rec is None else _state(rec)
 
+    def node_at(self, address: str) -> str | None:
+        """The id of the node known at ``address``, if any."""
+        return self._by_address.get(address)
+
     def knows(self, address: str) -> bool:
         """Whether ``address`` is a member's: the only addresses this node probes for others."""
         return address in self._by_address

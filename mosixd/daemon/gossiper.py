@@ -93,8 +93,13 @@ class Gossiper:
                                f"mosix: already relaying {self._relays} probes; try another helper")
         timeout = self.timeout if time_left is None else max(0.05, min(self.timeout, time_left - 0.05))
         self._relays += 1
+        # Relayed as this node's own message: under TLS a node speaks only for itself, and
+        # the asker's news is hearsay to the target like any other.
+        message = pb.GossipMessage()
+        message.CopyFrom(request.message)
+        message.sender_id, message.sender_address = self.view.node_id, self.view.address
         try:
-            reply = await rpc.GossipStub(self._channel(request.target)).Exchange(request.message, timeout=timeout)
+            reply = await rpc.GossipStub(self._channel(request.target)).Exchange(message, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             return pb.ProbeReply(reached=False, error=f"{exc.code().name.lower()}: {exc.details()}")
         finally:
@@ -209,6 +214,8 @@ class Gossiper:
         self._unreachable.add(address)
         if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             log.error("peer %s refused our cluster key: %s", address, exc.details())
+        elif isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            log.error("peer %s refused us (permission_denied): %s", address, exc.details())
         elif isinstance(exc, grpc.aio.AioRpcError):
             log.warning("peer %s unreachable (%s); probing it through others", address, exc.code().name.lower())
         else:

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 from mosixd.settings.config import DEFAULT_PORT
 from mosixd.settings.registry import REGISTRY, UntrustedRuntimeDir, read_registry, runtime_dir
+from mosixd.wire.tls import TlsFiles, init_ca, issue
 
 MAX_LOCAL_NODES = 254
 
@@ -48,11 +50,11 @@ class NodePlan:
         """Where peers reach it: by name if it has one."""
         return f"{self.name or self.host}:{self.port}"
 
-    def argv(self, *, state_dir: str, key_file: str, socket: str) -> list[str]:
-        """The per-node mosixd flags."""
+    def argv(self, *, state_dir: str, tls: tuple[str, str, str], socket: str) -> list[str]:
+        """The per-node mosixd flags; ``tls``: the CA's certificate, the node's and its key."""
         return ["--id", self.id, "--listen", self.address, *(["--advertise", self.advertise] if self.name else []),
                 "--peers", ",".join(self.peers), "--load-source", self.load_source, "--state-dir", state_dir,
-                "--key-file", key_file, "--socket", socket]
+                "--tls-ca", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2], "--socket", socket]
 
 
 def plan_cluster(n: int, port: int = DEFAULT_PORT, domain: str | None = None) -> list[NodePlan]:
@@ -107,7 +109,7 @@ def cpuset_for(index: int, n: int, host_cpus: int) -> tuple[int, ...]:
     return tuple(range(index, host_cpus, n))
 
 
-def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path,
+def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path, tls: TlsFiles,
                        cpus: int, cpuset: tuple[int, ...], speed: float, extra: dict[str, Any]) -> None:
     lines = [
         "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'advertise = "{plan.advertise}"',
@@ -122,6 +124,7 @@ def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file:
     ]
     if extra.get("balance") is False:
         lines += ["[policy]", "balance = false"]
+    lines += ["[tls]", f'ca = "{tls.ca}"', f'cert = "{tls.cert}"', f'key = "{tls.key}"']
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -156,6 +159,12 @@ def run_local(args: argparse.Namespace) -> int:
     cluster_dir.mkdir(exist_ok=True)
     key_file = cluster_dir / "cluster.key"
     generate_key(key_file)
+    # A CA of its own, made afresh, and a certificate per node: nodes prove who they are.
+    tls_dir = cluster_dir / "tls"
+    shutil.rmtree(tls_dir, ignore_errors=True)
+    init_ca(tls_dir, "mosix local cluster CA")
+    certs = {plan.id: issue(tls_dir, plan.id, tls_dir, [plan.host, *([plan.name] if plan.name else [])])
+             for plan in plans}
     speed = args.speed or calibrate_speed()  # once, not N times on a shared host
     extra = {"interval": args.gossip_interval, "window": args.window, "down_after": args.down_after,
              "balance": args.balance, "leave_timeout": args.leave_timeout}
@@ -166,7 +175,7 @@ def run_local(args: argparse.Namespace) -> int:
         node_dir = cluster_dir / plan.id
         node_dir.mkdir(exist_ok=True)
         sock, config = node_dir / "mosixd.sock", node_dir / "mosix.toml"
-        _write_node_config(config, plan, state_dir=node_dir, key_file=key_file, sock=sock,
+        _write_node_config(config, plan, state_dir=node_dir, key_file=key_file, sock=sock, tls=certs[plan.id],
                            cpus=args.cpus or len(cpuset_for(index, n, host_cpus)),
                            cpuset=cpuset_for(index, n, host_cpus), speed=speed, extra=extra)
         cmd = [sys.executable, "-m", "mosixd", "--config", str(config)]
@@ -178,12 +187,15 @@ def run_local(args: argparse.Namespace) -> int:
         nodes.append({"id": plan.id, "address": plan.advertise, "socket": str(sock),
                       "session": str(sock.with_name("mosrun.sock")), "pid": procs[-1].pid,
                       "state_dir": str(node_dir), "config": str(config)})
-    registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes}
+    # The supervisor's user owns the whole cluster: its tools may speak to a port as n1 does.
+    operator = certs[plans[0].id]
+    registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes,
+                "tls": {"ca": str(operator.ca), "cert": str(operator.cert), "key": str(operator.key)}}
     registry_path = root / REGISTRY
     tmp = registry_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(registry, indent=2))
     os.replace(tmp, registry_path)
-    print(f"mosix local cluster: {n} node(s), key {key_file}", flush=True)
+    print(f"mosix local cluster: {n} node(s), certificates in {tls_dir}", flush=True)
     for node in nodes:
         print(f"  {node['id']}  {node['address']}  pid {node['pid']}  socket {node['socket']}", flush=True)
     print("stop with Ctrl-C", flush=True)

@@ -1,7 +1,8 @@
-"""``mosixd``: run one node daemon, or ``mosixd --local N`` for an N-node cluster on this host.
+"""``mosixd``: run one node daemon, or ``mosixd --local N`` for an N-node cluster on this host;
+``mosixd ca ...`` manages the cluster's certificates (``mosixd.daemon.ca``).
 
 Exit codes: 0 clean stop; 1 cannot start (port in use, socket taken, state dir unusable);
-2 bad configuration, flags or key file.
+2 bad configuration, flags, key or certificate files.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import signal
 import sys
 from pathlib import Path
 
-from mosixd.settings.config import ConfigError, load_config
-from mosixd.wire.names import node_id_problem
+from mosixd.settings.config import Config, ConfigError, load_config
 from mosixd.wire.auth import KeyFileError, load_key
+from mosixd.wire.names import node_id_problem
+from mosixd.wire.tls import TlsCredentials, TlsError, TlsFiles
+from mosixd.wire.tls import load as load_tls
+from mosrun.runtime import netaddr
 
 EXIT_START = 1
 EXIT_CONFIG = 2
@@ -50,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launch-timeout", type=float,
                    help="seconds a new mosrun session has to send its launch request (default 10)")
     p.add_argument("--admin-group", help="members may block this node and see and move every task (default: root only)")
+    p.add_argument("--tls-ca", help="the cluster CA's certificate (mosixd ca init)")
+    p.add_argument("--tls-cert", help="this node's certificate (mosixd ca issue NODE)")
+    p.add_argument("--tls-key", help="this node's key (mode 0600)")
+    p.add_argument("--insecure", action="store_const", const=True, default=None,
+                   help="listen on a non-loopback address without TLS (cluster key only)")
+    p.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (default: none)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--local", type=int, metavar="N", help="run an N-node local cluster on 127.0.1.1..N")
     p.add_argument("--port", type=int, default=None, help="with --local: the port every node listens on (default 7410; 0 picks a free one)")
@@ -61,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file", "peers", "load_source",
               "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance",
               "leave_timeout", "max_sessions", "max_sessions_per_user", "launch_timeout",
-              "admin_group")
+              "admin_group", "tls_ca", "tls_cert", "tls_key", "insecure",
+              "metrics_listen")
 
 
 def setup_logging(level: str, name: str) -> None:
@@ -74,6 +86,20 @@ def setup_logging(level: str, name: str) -> None:
     )
 
 
+def node_credentials(config: Config) -> tuple[bytes | None, TlsCredentials | None]:
+    """The node's TLS material when the config names it, else its cluster key. Without TLS a
+    node listens on loopback only, unless ``insecure`` says the network may be trusted."""
+    if config.tls_ca and config.tls_cert and config.tls_key:
+        tls = load_tls(TlsFiles(config.tls_ca, config.tls_cert, config.tls_key))
+        return None, tls
+    host, _ = netaddr.split(config.listen)
+    if not config.insecure and not netaddr.is_loopback(host):
+        raise ConfigError(f"node.listen: {config.listen} is not a loopback address, and no TLS is set: give the "
+                          "node a certificate (mosixd ca issue; tls.ca, tls.cert, tls.key) or set "
+                          "security.insecure = true (--insecure)")
+    return load_key(config.key_file), None
+
+
 async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
     """Run one node until SIGTERM/SIGINT; returns the exit code."""
     from mosixd.daemon.node import NodeDaemon, StartupError, next_generation
@@ -82,10 +108,10 @@ async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
     if problem := node_id_problem(config.node_id):
         raise ConfigError(f"node.id: {problem}")  # peers would refuse its every message
     setup_logging(config.log_level, config.node_id)
-    key = load_key(config.key_file)
+    key, tls = node_credentials(config)
     try:
         generation = next_generation(config.state_dir)
-        node = NodeDaemon(config, key, generation=generation)
+        node = NodeDaemon(config, key, tls=tls, generation=generation)
         await node.start()
     except StartupError as exc:
         print(f"mosixd: {exc}", file=sys.stderr)
@@ -99,6 +125,11 @@ async def serve(config_path: Path | None, overrides: dict[str, object]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ca"]:
+        from mosixd.daemon import ca
+
+        return ca.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.local is not None:
         from mosixd.daemon.local import run_local
@@ -115,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mosixd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyFileError as exc:
+    except (KeyFileError, TlsError) as exc:
         print(f"mosixd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import random
 import socket
 import time
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 import grpc.aio
@@ -27,6 +27,7 @@ from mosixd.core.rebalance import MoveDecision, Rebalancer
 from mosixd.daemon.gossiper import Gossiper
 from mosixd.daemon.load import HostLoadSource, LoadSampler, TaskLoadSource, calibrate_speed, detect_cpus
 from mosixd.daemon.service import add_services
+from mosixd.daemon import metrics
 from mosixd.daemon.userapi import UserApi
 from mosixd.home.context import HomeNode, SessionLimits
 from mosixd.home.sessions import HomeSessions
@@ -37,6 +38,7 @@ from mosixd.settings.config import Config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
 from mosixd.wire.auth import ServerAuthInterceptor, call_metadata, open_aio_channel
+from mosixd.wire.tls import GENERIC_NAME, TlsCredentials
 from mosrun.runtime import netaddr
 
 log = logging.getLogger("mosixd")
@@ -81,13 +83,17 @@ def build_sampler(config: Config, task_pids: Callable[[], Iterable[int]],
 class NodeDaemon:
     """One mosix node: gossip, load sampling, and the gRPC servers for peers and clients."""
 
-    def __init__(self, config: Config, key: bytes, *, generation: int, sampler: LoadSampler | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+    def __init__(self, config: Config, key: bytes | None, *, generation: int, tls: TlsCredentials | None = None,
+                 sampler: LoadSampler | None = None, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        """``tls``: the node's certificate (mutual TLS between nodes); without it, ``key``
+        authenticates every call."""
         self.config = config
         self.node_id = config.node_id
         self.generation = generation
         self.python = platform.python_version()
         self._key = key
+        self._tls = tls
         self._clock = clock
         self._rng = rng or random.Random()
         self.spawner = Spawner()
@@ -114,10 +120,12 @@ class NodeDaemon:
         for peer in config.peers:
             if peer != config.advertise:
                 self.view.add_seed(peer)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self.gossip = Gossiper(self.view, interval=config.gossip_interval, clock=clock, rng=self._rng,
                                channel=self.channel)
         self._server: grpc.aio.Server | None = None
+        self._interceptors: list[ServerAuthInterceptor] = []
+        self._metrics: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
@@ -153,6 +161,13 @@ class NodeDaemon:
                 command=r.command, pid=r.pid, queue=self.home.queue.position(r.id))
         return sorted(infos.values(), key=lambda i: i.started)
 
+    def refusals(self) -> dict[str, int]:
+        """Requests this node refused so far, by reason (for the metrics)."""
+        counts = {"credentials": sum(i.refused for i in self._interceptors), "session_limit": self.home.refused,
+                  "tools": self.tools.refused}
+        counts.update({f"task_{reason}": n for reason, n in self.tasks.refusals.items()})
+        return counts
+
     def tables(self) -> dict[str, int]:
         """How many entries the daemon's own tables hold: none may outlive the task it is for."""
         return {"sessions": self.home.sessions(), "tool_connections": self.tools.connections(),
@@ -163,9 +178,10 @@ class NodeDaemon:
                 "peer_channels": len(self._channels), "members": self.view.members()}
 
     async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
-                        send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
-        """Run a task for its home, on the stream it opened (see ``TaskTable.execute``)."""
-        await self.tasks.execute(requests, send)
+                        send: Callable[[pb.HostEvent], Awaitable[None]], caller: str | None = None) -> None:
+        """Run a task for its home, on the stream it opened (see ``TaskTable.execute``);
+        ``caller``: the node the stream's certificate names (None without TLS)."""
+        await self.tasks.execute(requests, send, caller)
 
     async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply:
         """Move a task: done by its home node (named by the task id), so forward if need be."""
@@ -192,14 +208,19 @@ class NodeDaemon:
         return self.config.socket.with_name("mosrun.sock")
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        """The (cached) authenticated channel to a peer daemon."""
-        channel = self._channels.get(address)
+        """The (cached) authenticated channel to a peer daemon. Under TLS, the peer must show
+        the certificate of the node gossip knows at that address (any node's, for a seed)."""
+        expect = (self.view.node_at(address) or GENERIC_NAME) if self._tls else ""
+        channel = self._channels.get((address, expect))
         if channel is None:
-            channel = self._channels[address] = open_aio_channel(address, self._key, self.node_id)
+            channel = self._channels[(address, expect)] = open_aio_channel(
+                address, self._key, self.node_id, tls=self._tls, expect=expect or GENERIC_NAME)
         return channel
 
     def task_stream(self, address: str) -> grpc.aio.StreamStreamCall:
         """A new task stream (``Host.Execute``) to the peer at ``address``, authenticated."""
+        if self._tls is not None:  # the certificate says who we are
+            return rpc.HostStub(self.channel(address)).Execute()
         metadata = call_metadata(self._key, "/mosix.v1.Host/Execute", self.node_id)
         return rpc.HostStub(self.channel(address)).Execute(metadata=metadata)
 
@@ -214,7 +235,9 @@ class NodeDaemon:
     async def start(self) -> None:
         """Bind the TCP and Unix-socket listeners and start the loops."""
         self.spawner.start()
-        server = grpc.aio.server(interceptors=[ServerAuthInterceptor(self._key)], options=SERVER_OPTIONS)
+        # Under TLS the handshake authenticates every caller as a node of the cluster.
+        interceptors = [] if self._tls is not None else [ServerAuthInterceptor(self._key or b"")]
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_services(server, self)
         health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -222,7 +245,13 @@ class NodeDaemon:
         self._claim_socket()
         await server.start()
         self._server = server
+        self._interceptors = interceptors
         await self.tools.start(self.config.socket)
+        if self.config.metrics_listen:
+            try:
+                self._metrics = metrics.serve(self, self.config.metrics_listen)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {self.config.metrics_listen}: {exc.strerror}") from None
         await self.home.start(self.session_socket)
         await _maybe_await(health_servicer.set("", health_pb2.HealthCheckResponse.SERVING))
         self._tasks = [asyncio.create_task(self._sample_loop()), asyncio.create_task(self.gossip.run())]
@@ -234,7 +263,10 @@ class NodeDaemon:
 
     def _bind_tcp(self, server: grpc.aio.Server) -> int:
         try:
-            port = server.add_insecure_port(self.config.listen)
+            if self._tls is not None:
+                port = server.add_secure_port(self.config.listen, self._tls.server())
+            else:
+                port = server.add_insecure_port(self.config.listen)
         except RuntimeError:
             port = 0
         if not port:
@@ -321,6 +353,8 @@ class NodeDaemon:
             task.cancel()
         self.gossip.cancel()
         await self.tools.stop()
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.shutdown)
         await self.home.stop()
         await self._announce_leave()
         if self._server is not None:

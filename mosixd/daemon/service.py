@@ -12,6 +12,7 @@ from mosixd.daemon.gossiper import ProbeRefused
 from mosixd.wire import codec
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
+from mosixd.wire.tls import peer_node
 
 
 class ServedNode(Protocol):
@@ -34,7 +35,15 @@ class ServedNode(Protocol):
     async def migrate(self, request: pb.MigrateRequest) -> pb.MigrateReply: ...
 
     async def host_task(self, requests: AsyncIterator[pb.HomeMessage],
-                        send: Callable[[pb.HostEvent], Awaitable[None]]) -> None: ...
+                        send: Callable[[pb.HostEvent], Awaitable[None]], caller: str | None) -> None: ...
+
+
+async def _speaks_for(context: grpc.aio.ServicerContext, sender_id: str) -> None:
+    """Under TLS, a node speaks only for itself: the id it sends must be its certificate's."""
+    caller = peer_node(context)
+    if caller is not None and caller != sender_id:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"mosix: the certificate of node {caller} cannot speak for {sender_id[:64]!r}")
 
 
 class GossipService(rpc.GossipServicer):
@@ -44,6 +53,7 @@ class GossipService(rpc.GossipServicer):
         self._node = node
 
     async def Exchange(self, request: pb.GossipMessage, context: grpc.aio.ServicerContext) -> pb.GossipMessage:
+        await _speaks_for(context, request.sender_id)
         try:
             return self._node.exchange(request)
         except codec.MalformedMessage as exc:
@@ -87,7 +97,7 @@ class HostService(rpc.HostServicer):
 
     async def Execute(self, request_iterator: AsyncIterator[pb.HomeMessage],
                       context: grpc.aio.ServicerContext) -> None:
-        await self._node.host_task(request_iterator, context.write)
+        await self._node.host_task(request_iterator, context.write, peer_node(context))
 
 
 def add_services(server: grpc.aio.Server, node: ServedNode) -> None:

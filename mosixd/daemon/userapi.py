@@ -106,6 +106,11 @@ class UserApi:
         """Tool connections open now."""
         return len(self._open)
 
+    @property
+    def refused(self) -> int:
+        """Requests and connections refused or dropped so far."""
+        return self._refusals.count
+
     async def start(self, path: Path) -> None:
         self._server = await asyncio.start_unix_server(self._accept, path=str(path))
         os.chmod(path, 0o666)

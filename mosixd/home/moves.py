@@ -36,6 +36,8 @@ class Mover:
     def __init__(self, node: HomeNode, live: dict[str, LiveTask]) -> None:
         self._node = node
         self.live = live
+        self.moves: dict[bool, int] = {True: 0, False: 0}  # moves driven, by success
+        self.freeze_seconds = 0.0  # summed over the moves that succeeded
 
     async def migrate(self, task_id: str, target: str, uid: int) -> pb.MigrateReply:
         """Move one of this node's tasks to ``target`` (a node id, "home" or "balance")."""
@@ -162,7 +164,10 @@ class Mover:
                 pending += machine.freeze_failed(event.freeze_failed, now)
         log.info("%s", outcome)
         # The task stood still while it streamed its checkpoint, then until the target confirmed.
+        freeze = handover.seconds + (machine.freeze_duration or 0.0)
+        self.moves[ok] += 1
+        self.freeze_seconds += freeze if ok else 0.0
         return pb.MigrateReply(ok=ok, message=outcome, node=target_id if ok else live.node_id,
-                               freeze_seconds=handover.seconds + (machine.freeze_duration or 0.0),
+                               freeze_seconds=freeze,
                                state_bytes=handover.size, transfer_seconds=handover.seconds,
                                precopy_bytes=handover.precopy_bytes, precopy_rounds=handover.precopy_rounds)

@@ -153,6 +153,11 @@ class HomeSessions:
         """The limits this home applies to local users (shared with the tools' socket)."""
         return self._node.limits
 
+    @property
+    def refused(self) -> int:
+        """Sessions refused at once for a limit (limits.sessions, limits.sessions_per_user)."""
+        return self._refusals.count
+
     def sessions(self) -> int:
         """Sessions with mosrun open now."""
         return len(self._sessions)

@@ -10,6 +10,7 @@ to the task, so its bulk bytes go straight home and TCP does the flow control.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import pwd
@@ -65,6 +66,7 @@ class TaskTable:
         self._own_load = own_load
         self._blocked = blocked
         self._max_tasks = max_tasks
+        self.refusals: collections.Counter[str] = collections.Counter()  # tasks refused, by reason
         self.tasks: dict[str, HostedTask] = {}
         self.leaving = False  # the node is leaving the cluster: it takes no task any more
         self._starting = 0
@@ -91,7 +93,7 @@ class TaskTable:
     # ---- one task's life ------------------------------------------------------------
 
     async def execute(self, requests: AsyncIterator[pb.HomeMessage],
-                      send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+                      send: Callable[[pb.HostEvent], Awaitable[None]], caller: str | None = None) -> None:
         """Run the task described by the first message and send its events until it exits.
 
         A coroutine, not an async generator: when the home cancels the stream, the cancellation
@@ -100,19 +102,28 @@ class TaskTable:
         first = await anext(aiter(requests), None)
         kind = first.WhichOneof("kind") if first is not None else None
         if kind not in ("start", "reserve"):
+            self.refusals["malformed"] += 1
             await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
             return
         spec = first.start if kind == "start" else first.reserve
         if problem := task_id_problem(spec.task_id):
+            self.refusals["malformed"] += 1
             await send(_refused(f"{self.node_id}: malformed task: {problem}", retry=False))
             return
+        if caller is not None and spec.home != caller:  # the certificate, not the message, says who
+            self.refusals["wrong_home"] += 1
+            await send(_refused(f"{self.node_id}: node {caller} cannot start a task for home {spec.home[:64]!r}",
+                                retry=False))
+            return
         if self.leaving:
+            self.refusals["leaving"] += 1
             await send(_refused(f"{self.node_id}: it is leaving the cluster", retry=True))
             return
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         reason = admit(self._own_load(), job, blocked=self._blocked(), starting=self._starting,
                        max_tasks=self._max_tasks)
         if reason:
+            self.refusals["no_room"] += 1
             await send(_refused(f"{self.node_id}: {reason}", retry=True))
             return
         self._starting += 1
@@ -125,6 +136,7 @@ class TaskTable:
             else:
                 task = await self._spawn(spec)
         except SpawnError as exc:
+            self.refusals["cannot_start"] += 1
             await send(_refused(f"{self.node_id}: {exc}", exc.retry))
             return
         finally:

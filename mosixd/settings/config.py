@@ -47,6 +47,11 @@ class Config:
     max_sessions_per_user: int = 512
     launch_timeout: float = 10.0    # a new session must send its launch request within this
     admin_group: str = ""           # its members may block the node and move any task; "" = root only
+    tls_ca: Path | None = None      # the cluster CA's certificate (mosixd ca init)
+    tls_cert: Path | None = None    # this node's certificate and key (mosixd ca issue NODE)
+    tls_key: Path | None = None
+    insecure: bool = False          # allow a non-loopback listen address without TLS
+    metrics_listen: str = ""        # HOST:PORT of the Prometheus metrics; "" = none
     source: Path | None = field(default=None, compare=False)
 
 
@@ -64,6 +69,10 @@ def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _address_or_empty(key: str, value: Any) -> str:
+    return "" if value == "" else _address(key, value)
 
 
 def _name_or_empty(key: str, value: Any) -> str:
@@ -147,6 +156,11 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "limits.sessions_per_user": ("max_sessions_per_user", _number(int, minimum=1)),
     "limits.launch_timeout": ("launch_timeout", _number(float, minimum=0.1)),
     "security.admin_group": ("admin_group", _name_or_empty),
+    "security.insecure": ("insecure", _flag),
+    "metrics.listen": ("metrics_listen", _address_or_empty),
+    "tls.ca": ("tls_ca", _path),
+    "tls.cert": ("tls_cert", _path),
+    "tls.key": ("tls_key", _path),
 }
 _KEY_OF_FIELD = {fname: key for key, (fname, _) in _SCHEMA.items()}
 
@@ -202,6 +216,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
         values[fname] = _SCHEMA[key][1](key, raw)
     values.setdefault("node_id", socket.gethostname().split(".")[0] or "node")
     config = Config(**values, source=path)
+    tls = (config.tls_ca, config.tls_cert, config.tls_key)
+    if any(tls) and not all(tls):
+        raise ConfigError("tls: ca, cert and key go together (set all three, or none)")
     if not config.advertise:
         config = _with_advertise(config)
     return config

@@ -28,6 +28,8 @@ from typing import Any, Awaitable, Callable
 import grpc
 import grpc.aio
 
+from mosixd.wire.tls import GENERIC_NAME, TlsCredentials
+
 log = logging.getLogger("mosixd.wire.auth")
 
 METADATA_KEY = "x-mosix-auth"
@@ -164,8 +166,10 @@ class RefusalLog:
     def __init__(self, every: float = 5.0, most: int = 1000) -> None:
         self._every, self._most = every, most
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self.count = 0  # refusals noted, logged or not
 
     def note(self, peer: str, method: str, reason: str) -> None:
+        self.count += 1
         now = time.monotonic()
         if len(self._last) >= self._most:  # peers name themselves: never let them grow this
             self._last = {k: v for k, v in self._last.items() if now - v[0] < self._every}
@@ -246,6 +250,11 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
         self._key = key
         self._nonces = nonces or NonceCache()
         self._log = RefusalLog()
+
+    @property
+    def refused(self) -> int:
+        """Calls refused so far (bad, stale, replayed or unbound credentials)."""
+        return self._log.count
 
     async def intercept_service(
         self,
@@ -353,17 +362,29 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_aio_channel(target: str, key: bytes, sender: str = "") -> grpc.aio.Channel:
-    """An asyncio channel whose calls are authenticated with the cluster key.
+def open_aio_channel(target: str, key: bytes | None, sender: str = "", *, tls: TlsCredentials | None = None,
+                     expect: str = GENERIC_NAME) -> grpc.aio.Channel:
+    """An asyncio channel to a peer daemon: mutual TLS when ``tls`` is given (the peer must
+    show a certificate naming ``expect``: its node id, or any node of the cluster), else
+    calls authenticated with the cluster key.
 
     Stream-stream calls (a task's stream, ``Host.Execute``) are not intercepted: give them
     ``call_metadata`` yourself. grpc.aio emulates a reader-writer stream under an interceptor
     with a queue and a task per call that outlive the call until the garbage collector finds
     them, which a home daemon starting thousands of tasks cannot afford."""
+    if tls is not None:
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", expect)]
+        return grpc.aio.secure_channel(target, tls.channel(), options=options)
+    assert key is not None, "a channel needs TLS or the cluster key"
     interceptors = [kind(key, sender) for kind in (_AioUnaryUnaryAuth, _AioUnaryStreamAuth, _AioStreamUnaryAuth)]
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
-def open_channel(target: str, key: bytes, sender: str = "") -> grpc.Channel:
-    """A blocking channel (for the command-line clients) with the same authentication."""
+def open_channel(target: str, key: bytes | None, sender: str = "", *, tls: TlsCredentials | None = None,
+                 expect: str = GENERIC_NAME) -> grpc.Channel:
+    """A blocking channel (for the command-line clients and tests), as ``open_aio_channel``."""
+    if tls is not None:
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", expect)]
+        return grpc.secure_channel(target, tls.channel(), options=options)
+    assert key is not None, "a channel needs TLS or the cluster key"
     return grpc.intercept_channel(grpc.insecure_channel(target, options=CHANNEL_OPTIONS), _SyncAuth(key, sender))

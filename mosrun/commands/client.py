@@ -47,11 +47,27 @@ class ClientError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A daemon to talk to: the gRPC target string and the key file that opens it."""
+    """A daemon to talk to: the gRPC target string and the key file that opens it, or the
+    node certificate (ca, cert, key) that does when the cluster speaks TLS."""
 
     grpc_target: str
     key_file: Path
     label: str
+    tls: tuple[Path, Path, Path] | None = None
+
+
+def _tls_files(registry: dict[str, Any] | None) -> tuple[Path, Path, Path] | None:
+    """A node certificate to speak to a port with: the local cluster's, else this host's."""
+    if registry and isinstance(registry.get("tls"), dict):
+        tls = registry["tls"]
+        return Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"])
+    try:
+        from mosixd.settings.config import read_toml
+
+        section = read_toml(SYSTEM_CONFIG).get("tls", {})
+        return Path(section["ca"]), Path(section["cert"]), Path(section["key"])
+    except Exception:  # no or unreadable system config, or no [tls] in it: the cluster key
+        return None
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, local: bool = False) -> None:
@@ -100,7 +116,8 @@ def resolve(node: str | None, key: Path | None) -> Target:
         if ":" not in node:
             raise ClientError(f"unknown node {node!r}: not HOST:PORT, unix:PATH, or a node of a running local cluster",
                               EXIT_NO_DAEMON)
-        return Target(node, key or _system_key(), node)
+        # A port speaks to nodes: with a certificate if this host has one, else the key.
+        return Target(node, key or _system_key(), node, None if key else _tls_files(registry))
     if present(SYSTEM_SOCKET):
         return Target(f"unix:{SYSTEM_SOCKET}", key or _system_key(), "this host")
     if registry and registry.get("nodes"):
@@ -115,28 +132,47 @@ class _ToolsSocket:
     """The local daemon's tools socket: the kernel tells it who we are; no key is needed."""
 
     def __init__(self, path: str, label: str) -> None:
-        import socket
-
         from mosixd.settings.registry import present
 
-        self.label = label
+        self.label, self._path = label, path
         if present(path) and not os.access(path, os.R_OK | os.W_OK):
             raise ClientError(f"{path}: permission denied", EXIT_NO_DAEMON)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(CALL_TIMEOUT)
+        self._sock = self._connect()
+
+    def _connect(self) -> Any:
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CALL_TIMEOUT)
         try:
-            self._sock.connect(path)
+            sock.connect(self._path)
         except OSError as exc:
-            self._sock.close()
-            raise ClientError(f"cannot reach mosixd at {path} ({exc.strerror or exc})", EXIT_NO_DAEMON) from None
+            sock.close()
+            raise ClientError(f"cannot reach mosixd at {self._path} ({exc.strerror or exc})", EXIT_NO_DAEMON) from None
+        return sock
+
+    def _ask(self, request: dict[str, Any], timeout: float) -> Any:
+        from mosrun.runtime import frames
+
+        self._sock.settimeout(timeout)
+        frames.send_frame(self._sock, request)
+        return frames.recv_frame(self._sock)
 
     def call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         from mosrun.runtime import frames
 
-        self._sock.settimeout(timeout)
+        request = {"t": "call", "op": op, "args": args}
         try:
-            frames.send_frame(self._sock, {"t": "call", "op": op, "args": args})
-            frame = frames.recv_frame(self._sock)
+            try:
+                frame = self._ask(request, timeout)
+            except (BrokenPipeError, ConnectionResetError):
+                frame = None
+            if frame is None and op in ("status", "tasks"):
+                # The daemon closed an idle connection (or restarted): ask once more. Only
+                # questions are asked again; a move or a block is never sent twice.
+                self._sock.close()
+                self._sock = self._connect()
+                frame = self._ask(request, timeout)
         except (OSError, frames.ProtocolError) as exc:
             raise ClientError(f"{self.label}: the daemon did not answer ({exc})", EXIT_NO_DAEMON) from None
         if frame is None:
@@ -159,14 +195,19 @@ class _GrpcAdmin:
 
         from mosixd.wire import mosix_pb2_grpc as rpc
         from mosixd.wire.auth import KeyFileError, load_key, open_channel
+        from mosixd.wire.tls import TlsError, TlsFiles
+        from mosixd.wire.tls import load as load_tls
 
         try:
-            key = load_key(target.key_file)
-        except KeyFileError as exc:
+            if target.tls is not None:
+                tls = load_tls(TlsFiles(*target.tls))
+                self._channel = open_channel(target.grpc_target, None, tls=tls)
+            else:
+                self._channel = open_channel(target.grpc_target, load_key(target.key_file))
+        except (KeyFileError, TlsError) as exc:
             raise ClientError(str(exc), EXIT_REFUSED) from None
         self.target = target
         self._grpc = grpc
-        self._channel = open_channel(target.grpc_target, key)
         self._admin = rpc.AdminStub(self._channel)
 
     def call(self, op: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
@@ -240,7 +281,11 @@ def _client_error(exc: Any, target: Target) -> ClientError:
     if name == "UNAUTHENTICATED":
         return ClientError(f"{target.label} refused the cluster key in {target.key_file}", EXIT_REFUSED)
     if name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        return ClientError(f"cannot reach mosixd at {target.grpc_target} ({name.lower()})", EXIT_NO_DAEMON)
+        # A TLS port refuses a client without a certificate of its CA in the handshake, which
+        # gRPC reports as unavailable too: say which credentials were tried.
+        tried = f"certificate {target.tls[1]}" if target.tls else f"key {target.key_file}"
+        return ClientError(f"cannot reach mosixd at {target.grpc_target} ({name.lower()}; tried with {tried})",
+                           EXIT_NO_DAEMON)
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return ClientError(f"{target.label}: {details}", EXIT_ERROR)
 

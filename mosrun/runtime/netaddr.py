@@ -36,6 +36,22 @@ def canonical(ip: str) -> str:
     return str(ipaddress.ip_address(ip.split("%", 1)[0]))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or a name resolved here) is only reachable from this
+    machine: every address it stands for is a loopback one. A name that does not resolve
+    is not."""
+    import ipaddress
+
+    try:
+        found = [canonical(host)]
+    except ValueError:
+        try:
+            found = resolve(host)
+        except OSError:
+            return False
+    return bool(found) and all(ipaddress.ip_address(ip).is_loopback for ip in found)
+
+
 def resolve(host: str) -> list[str]:
     """The IP addresses ``host`` names here, in the resolver's order; OSError if none."""
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
