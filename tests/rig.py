@@ -406,6 +406,7 @@ class HostsRig:
                 f'advertise = "{node}:{PORT}"', f"peers = {peers}", f'socket = "{NODE_DIR}/mosixd.sock"',
                 f'state_dir = "{NODE_DIR}/state"',
                 "[load]", 'source = "tasks"', "speed = 1.0", "cpus = 1",
+                "[security]", "run_as_root = true",  # the rig's tasks are root's
                 "[tls]", f'ca = "{NODE_DIR}/tls/ca.crt"', f'cert = "{NODE_DIR}/tls/node.crt"',
                 f'key = "{NODE_DIR}/tls/node.key"', ""])
             self.put(node, f"{NODE_DIR}/mosix.toml", config)

@@ -151,6 +151,8 @@ def v6_pair(tmp_path: Path) -> Iterator[tuple[dict[str, Path], dict[str, str]]]:
                 [load]
                 source = "tasks"
                 speed = 1.0
+                [security]
+                run_as_root = true
                 """))
             procs.append(subprocess.Popen([str(BIN / "mosixd"), "--config", str(state / "mosix.toml")],
                                           stdout=log, stderr=subprocess.STDOUT))

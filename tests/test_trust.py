@@ -203,3 +203,43 @@ def test_idle_sessions_are_capped_per_user_and_closed_after_the_launch_timeout(t
             await node.stop(grace=0.1)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("rules, spec, said", [
+    ({}, {"user": "root", "home": "p9"}, "tasks of root (uid 0) are not run here (security.run_as_root)"),
+    ({"run_as_root": True, "deny_users": "nobody,daemon"}, {"user": "nobody", "home": "p9"},
+     "tasks of nobody are not run here (security.deny_users)"),
+    ({"run_as_root": True, "homes": "p7,p8"}, {"user": "root", "home": "p9"},
+     "node p9 may not start tasks here (security.homes)"),
+])
+def test_a_host_runs_only_the_users_and_homes_its_config_allows(tmp_path: Path, rules: dict[str, object],
+                                                                  spec: dict[str, str], said: str) -> None:
+    from mosixd.daemon.load import LoadSampler
+    from mosixd.daemon.node import NodeDaemon
+    from mosixd.settings.config import load_config
+    from test_inprocess import ConstantDemand
+
+    async def scenario() -> list[pb.HostEvent]:
+        port = free_port(["127.0.2.1"])
+        config = load_config(None, {
+            "node_id": "p1", "listen": f"127.0.2.1:{port}", "state_dir": str(tmp_path / "p1"),
+            "socket": str(tmp_path / "p1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0, **rules})
+        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(0.0), cpus=2, speed=1.0), generation=1)
+        await node.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.2.1:{port}") as channel:
+                stub = channel.stream_stream(EXECUTE, request_serializer=pb.HomeMessage.SerializeToString,
+                                             response_deserializer=pb.HostEvent.FromString)
+                task = pb.TaskSpec(task_id="p9.1.1", uid=0, executable=sys.executable, argv=["python", "-c", "pass"],
+                                   cwd=str(tmp_path), streams_to="127.0.0.1:1", **spec)
+                call = stub(iter([pb.HomeMessage(start=task)]), metadata=call_metadata(KEY, EXECUTE, "p9"), timeout=10)
+                return [event async for event in call]
+        finally:
+            await node.stop(grace=0.1)
+
+    if os.geteuid() != 0:
+        pytest.skip("a daemon runs other users' tasks only as root")
+    events = asyncio.run(scenario())
+    assert [e.WhichOneof("kind") for e in events] == ["refused"]
+    assert events[0].refused.reason == f"p1: {said}"
+    assert not (tmp_path / "p1" / "tasks" / "p9.1.1").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import time
@@ -21,6 +22,7 @@ from conftest import BIN, LocalRig, counter, start_rig, wait_for
 from mosrun.runtime import frames
 
 NOBODY = 65534
+HOGS = int(os.environ.get("MOSIX_TEST_HOGS", "10000"))  # connections per hog process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to speak as another user")
 
@@ -143,3 +145,67 @@ def test_garbage_on_the_tools_socket_costs_one_connection(rig2: LocalRig) -> Non
     assert rig2.view("n1") == {"n1": "up", "n2": "up"}
     log = rig2.log.read_text()[before:]
     assert "Traceback" not in log, log
+
+
+def _hog(uid: int, paths: list[str], count: int, ready: int) -> int:
+    """A child that opens ``count`` idle connections as ``uid``, alternating ``paths`` (a full
+    backlog is waited out, as a determined user would), says how many it holds on ``ready``,
+    and keeps them until it is killed. Returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        import resource
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        held = []
+        deadline = time.monotonic() + 120
+        for i in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            while time.monotonic() < deadline:
+                try:
+                    sock.connect(paths[i % len(paths)])
+                    held.append(sock)
+                    break
+                except BlockingIOError:  # the backlog is full: the daemon is catching up
+                    time.sleep(0.001)
+            else:
+                break
+        os.write(ready, str(len(held)).encode())
+        time.sleep(600)
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.slow
+def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(rig2: LocalRig, tmp_path: Path) -> None:
+    paths = [rig2.node("n1")["socket"], rig2.node("n1")["session"]]
+    hogs, ends = [], []
+    try:
+        for _ in range(2):  # 10,000 each: a process may hold no more descriptors here
+            ready_r, ready_w = os.pipe()
+            hogs.append(_hog(NOBODY, paths, HOGS, ready_w))
+            os.close(ready_w)
+            ends.append(ready_r)
+        held = [int(os.read(ready_r, 32) or b"0") for ready_r in ends]
+        assert sum(held) == 2 * HOGS, held  # every connect went through (most refused at once)
+        # Meanwhile root, another user, is served as if nothing happened.
+        watched = rig2.tool("mosmon", "--json", "--node", "n1", timeout=30)
+        assert watched.returncode == 0, watched.stderr
+        ran = rig2.mosrun("-r", "n2", "python", "-c", "print(6 * 7)", cwd=tmp_path, timeout=60)
+        assert (ran.returncode, ran.stdout) == (0, b"42\n"), ran.stderr
+        log = rig2.log.read_text()
+        assert "the limit per user (limits.sessions_per_user)" in log or "limits.sessions_per_user" in log
+    finally:
+        for ready_r in ends:
+            os.close(ready_r)
+        for pid in hogs:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    wait_for(lambda: json.loads(rig2.tool("mosctl", "--node", "n1", "status", "--json").stdout)["tables"]["sessions"] == 0,
+             30)

@@ -54,7 +54,7 @@ class NodePlan:
         """The per-node mosixd flags; ``tls``: the CA's certificate, the node's and its key."""
         return ["--id", self.id, "--listen", self.address, *(["--advertise", self.advertise] if self.name else []),
                 "--peers", ",".join(self.peers), "--load-source", self.load_source, "--state-dir", state_dir,
-                "--tls-ca", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2], "--socket", socket]
+                "--tls-ca", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2], "--socket", socket, "--run-as-root"]
 
 
 def plan_cluster(n: int, port: int = DEFAULT_PORT, domain: str | None = None) -> list[NodePlan]:
@@ -124,6 +124,8 @@ def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file:
     ]
     if extra.get("balance") is False:
         lines += ["[policy]", "balance = false"]
+    # The cluster belongs to the user who started it, root included: their tasks run.
+    lines += ["[security]", "run_as_root = true"]
     lines += ["[tls]", f'ca = "{tls.ca}"', f'cert = "{tls.cert}"', f'key = "{tls.key}"']
     path.write_text("\n".join(lines) + "\n")
 

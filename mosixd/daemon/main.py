@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="this node's key (mode 0600)")
     p.add_argument("--insecure", action="store_const", const=True, default=None,
                    help="listen on a non-loopback address without TLS (cluster key only)")
+    p.add_argument("--run-as-root", action="store_const", const=True, default=None,
+                   help="run tasks of root here (default: refused)")
+    p.add_argument("--deny-users", help="comma-separated users whose tasks are never run here")
+    p.add_argument("--homes", help="comma-separated node ids that may start tasks here (default: any)")
     p.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics there (default: none)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
@@ -73,7 +77,7 @@ _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file
               "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance",
               "leave_timeout", "max_sessions", "max_sessions_per_user", "launch_timeout",
               "admin_group", "tls_ca", "tls_cert", "tls_key", "insecure",
-              "metrics_listen")
+              "metrics_listen", "run_as_root", "deny_users", "homes")
 
 
 def setup_logging(level: str, name: str) -> None:

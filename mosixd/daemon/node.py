@@ -33,7 +33,7 @@ from mosixd.home.context import HomeNode, SessionLimits
 from mosixd.home.sessions import HomeSessions
 from mosixd.host.hosted import HostedTask
 from mosixd.host.spawner import Spawner
-from mosixd.host.tasks import TaskTable
+from mosixd.host.tasks import GuestRules, TaskTable
 from mosixd.settings.config import Config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
@@ -62,7 +62,9 @@ def next_generation(state_dir: Path) -> int:
     """Count restarts in the state dir so peers can tell a new life from stale gossip."""
     path = state_dir / "generation"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if state_dir.stat().st_uid == os.geteuid():
+            os.chmod(state_dir, 0o700)  # checkpoints and scratch directories live under it
         previous = int(path.read_text().strip() or 0) if path.exists() else 0
         tmp = path.with_suffix(".tmp")
         tmp.write_text(f"{previous + 1}\n")
@@ -100,7 +102,8 @@ class NodeDaemon:
         advertise_host = netaddr.split(config.advertise)[0]
         self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
                                blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
-                               host=advertise_host)
+                               host=advertise_host,
+                               rules=GuestRules(config.run_as_root, config.deny_users, config.homes))
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
         self.placement = Placement()
         self.rebalancer = Rebalancer(rng=self._rng)

@@ -88,12 +88,13 @@ class CheckpointKeeper:
         live.freezes += 1
         freeze_id, epoch = live.freezes, live.spec.epoch + live.freezes
         directory = self.checkpoint_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = checkpoint_path(directory, live.spec.task_id, epoch)
         tmp = final.with_name(f".{final.name}.tmp")
         await live.write(pb.HomeMessage(freeze=pb.Freeze(id=freeze_id)))
         try:
-            with open(tmp, "wb") as out:
+            # A checkpoint is the task's memory: the daemon's to read, nobody else's.
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
                 while True:
                     event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
                     kind = event.WhichOneof("kind") if event is not None else None

@@ -126,7 +126,7 @@ async def _close_gently(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         async with asyncio.timeout(timeout):
             while await reader.read(1 << 16):
                 pass
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, RuntimeError):  # RuntimeError: the transport closed under us
         pass
     finally:
         writer.close()
@@ -197,7 +197,7 @@ class HomeSessions:
             with contextlib.suppress(Exception):
                 writer.write(frames.encode({"t": "error", "code": EXIT_LAUNCH, "message": refusal}))
                 await writer.drain()
-            await _close_gently(reader, writer, timeout=1.0)
+            writer.close()  # at once: a flood must not hold the daemon's descriptors
             return
         self._sessions[task] = uid
         try:

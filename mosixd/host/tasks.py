@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -52,11 +53,29 @@ def _refused(reason: str, retry: bool) -> pb.HostEvent:
     return pb.HostEvent(refused=pb.Refusal(reason=reason, retry=retry))
 
 
+@dataclass(frozen=True, slots=True)
+class GuestRules:
+    """Whose tasks this node runs (config ``[security]``)."""
+
+    run_as_root: bool = False
+    deny_users: tuple[str, ...] = ()
+    homes: tuple[str, ...] = ()  # node ids that may start tasks here; () = any
+
+    def refusal(self, spec: pb.TaskSpec, own_id: str) -> str | None:
+        """Why ``spec`` may not start here on these rules alone, or None."""
+        if self.homes and spec.home != own_id and spec.home not in self.homes:
+            return f"node {spec.home[:64]} may not start tasks here (security.homes)"
+        if spec.user in self.deny_users:
+            return f"tasks of {spec.user} are not run here (security.deny_users)"
+        return None
+
+
 class TaskTable:
     """Starts, tracks and accounts the tasks of this node."""
 
     def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
                  blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = (),
+                 rules: GuestRules = GuestRules(),
                  host: str = "127.0.0.1") -> None:
         self.node_id = node_id
         self._host = host  # this node's advertised name or address: a move's checkpoint comes in there
@@ -66,6 +85,7 @@ class TaskTable:
         self._own_load = own_load
         self._blocked = blocked
         self._max_tasks = max_tasks
+        self._rules = rules
         self.refusals: collections.Counter[str] = collections.Counter()  # tasks refused, by reason
         self.tasks: dict[str, HostedTask] = {}
         self.leaving = False  # the node is leaving the cluster: it takes no task any more
@@ -114,6 +134,10 @@ class TaskTable:
             self.refusals["wrong_home"] += 1
             await send(_refused(f"{self.node_id}: node {caller} cannot start a task for home {spec.home[:64]!r}",
                                 retry=False))
+            return
+        if refusal := self._rules.refusal(spec, self.node_id):
+            self.refusals["rules"] += 1
+            await send(_refused(f"{self.node_id}: {refusal}", retry=True))
             return
         if self.leaving:
             self.refusals["leaving"] += 1
@@ -343,7 +367,7 @@ class TaskTable:
             raise SpawnError(f"{spec.executable} does not exist here or is not executable")
         identity = self._identity(spec)
         streams = await open_streams(spec)
-        scratch.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         if identity:
             os.chown(scratch, identity["user"], identity["group"])
         env = dict(spec.env)
@@ -400,6 +424,8 @@ class TaskTable:
                 pw = pwd.getpwnam(spec.user)
             except KeyError:
                 raise SpawnError(f"user {spec.user} does not exist here") from None
+            if pw.pw_uid == 0 and not self._rules.run_as_root:
+                raise SpawnError(f"tasks of {spec.user} (uid 0) are not run here (security.run_as_root)")
             return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": os.getgrouplist(spec.user, pw.pw_gid)}
         if spec.uid != os.geteuid():
             raise SpawnError(f"this daemon runs as uid {os.geteuid()} and cannot run tasks of {spec.user}")

@@ -51,6 +51,9 @@ class Config:
     tls_cert: Path | None = None    # this node's certificate and key (mosixd ca issue NODE)
     tls_key: Path | None = None
     insecure: bool = False          # allow a non-loopback listen address without TLS
+    run_as_root: bool = False       # run tasks of root (uid 0) here
+    deny_users: tuple[str, ...] = ()  # users whose tasks are never run here
+    homes: tuple[str, ...] = ()     # node ids that may start tasks here; () = any node of the cluster
     metrics_listen: str = ""        # HOST:PORT of the Prometheus metrics; "" = none
     source: Path | None = field(default=None, compare=False)
 
@@ -91,6 +94,14 @@ def _peers(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: expected a list of HOST:PORT, got {value!r}")
     return tuple(_address(key, v) for v in value)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # a flag gives "a,b"
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() == v and v for v in value):
+        raise ConfigError(f"{key}: expected a list of names, got {value!r}")
+    return tuple(value)
 
 
 def _cpuset(key: str, value: Any) -> tuple[int, ...]:
@@ -157,6 +168,9 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "limits.launch_timeout": ("launch_timeout", _number(float, minimum=0.1)),
     "security.admin_group": ("admin_group", _name_or_empty),
     "security.insecure": ("insecure", _flag),
+    "security.run_as_root": ("run_as_root", _flag),
+    "security.deny_users": ("deny_users", _names),
+    "security.homes": ("homes", _names),
     "metrics.listen": ("metrics_listen", _address_or_empty),
     "tls.ca": ("tls_ca", _path),
     "tls.cert": ("tls_cert", _path),
