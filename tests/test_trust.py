@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -243,3 +244,38 @@ def test_a_host_runs_only_the_users_and_homes_its_config_allows(tmp_path: Path, 
     assert [e.WhichOneof("kind") for e in events] == ["refused"]
     assert events[0].refused.reason == f"p1: {said}"
     assert not (tmp_path / "p1" / "tasks" / "p9.1.1").exists()
+
+
+def test_one_address_cannot_take_every_greeting_slot_of_a_mosrun() -> None:
+    import selectors
+
+    from mosrun.commands.dataplane import MAX_GREETINGS_PER_PEER, DataPlane
+
+    sel = selectors.DefaultSelector()
+    plane = DataPlane(sel, "127.0.0.1", "n1.1.1")
+    clients: list[socket.socket] = []
+
+    def connect_from(ip: str) -> None:
+        sock = socket.socket()
+        sock.bind((ip, 0))
+        sock.connect(("127.0.0.1", plane.port))
+        clients.append(sock)
+
+    def pump() -> None:
+        for _ in range(5):  # bounded: the accepts are all ready at once
+            for key, events in sel.select(timeout=0.2):
+                key.data(events)
+
+    try:
+        for _ in range(MAX_GREETINGS_PER_PEER + 4):  # a hog, idle after connecting
+            connect_from("127.0.0.2")
+        pump()
+        assert sum(1 for g in plane.greetings.values() if g.ip == "127.0.0.2") == MAX_GREETINGS_PER_PEER
+        connect_from("127.0.0.3")  # the task's node, from its own address: still taken in
+        pump()
+        assert [g.ip for g in plane.greetings.values()].count("127.0.0.3") == 1
+    finally:
+        for sock in clients:
+            sock.close()
+        plane.close()
+        sel.close()

@@ -42,7 +42,9 @@ from mosrun.runtime import frames
 TOKEN_SIZE, ACK, KINDS = frames.STREAM_TOKEN_SIZE, frames.STREAM_ACK, frames.STREAM_KINDS
 MAX_GREETING = 4096       # a greeting header is under 200 bytes; more is garbage
 GREETING_TIMEOUT = 10.0   # a connection must introduce itself within this
-MAX_GREETING_CONNS = 16   # connections that have not yet; more are turned away
+MAX_GREETING_CONNS = 256  # connections that have not yet; more are turned away...
+MAX_GREETINGS_PER_PEER = 16  # ...and more than this from one address, so one user cannot
+                             # hold every slot while a task's node needs one
 MAX_STREAMS = 64          # streams held at once (a few per copy of the task)
 DRAIN_IDLE = 5.0          # an older copy's output must keep coming (orphans may hold it open)
 OUTPUT_CHUNK = 1 << 20
@@ -67,10 +69,10 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 class _Greeting:
     """A connection that has not yet said which stream it is."""
 
-    __slots__ = ("sock", "peer", "data", "deadline")
+    __slots__ = ("sock", "ip", "peer", "data", "deadline")
 
-    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
-        self.sock, self.peer, self.deadline = sock, peer, deadline
+    def __init__(self, sock: socket.socket, ip: str, peer: str, deadline: float) -> None:
+        self.sock, self.ip, self.peer, self.deadline = sock, ip, peer, deadline
         self.data = bytearray()
 
 
@@ -207,12 +209,14 @@ class DataPlane:
             except OSError:
                 return  # e.g. out of fds: the peer sees its connection fail
             peer = f"{addr[0]}:{addr[1]}"
-            if len(self.greetings) >= MAX_GREETING_CONNS or len(self.streams) >= MAX_STREAMS:
+            from_there = sum(1 for g in self.greetings.values() if g.ip == addr[0])
+            if (len(self.greetings) >= MAX_GREETING_CONNS or from_there >= MAX_GREETINGS_PER_PEER
+                    or len(self.streams) >= MAX_STREAMS):
                 self._complain(f"refused a connection from {peer}: too many at once")
                 sock.close()
                 continue
             sock.setblocking(False)
-            pending = self.greetings[sock] = _Greeting(sock, peer, time.monotonic() + GREETING_TIMEOUT)
+            pending = self.greetings[sock] = _Greeting(sock, addr[0], peer, time.monotonic() + GREETING_TIMEOUT)
             self.sel.register(sock, selectors.EVENT_READ, lambda _e, p=pending: self._greet(p))
 
     def _greet(self, pending: _Greeting) -> None:
