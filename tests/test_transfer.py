@@ -90,6 +90,36 @@ def test_a_connection_without_the_token_is_ignored() -> None:
     assert receiver.error is None and receiver.result is not None
 
 
+def test_a_flood_of_silent_and_wrong_connections_does_not_keep_the_source_out() -> None:
+    """Strays from the source's own address, idle or with a wrong token, before and while the
+    source connects: the move still gets across (they used to make it fail after 8)."""
+    receiver = Receiver()
+    host, port = receiver.address.rsplit(":", 1)
+    strays = []
+    try:
+        for i in range(3 * transfer.MAX_WAITING_PER_PEER):
+            stray = socket.create_connection((host, int(port)))
+            if i % 2:
+                stray.sendall(os.urandom(transfer.TOKEN_SIZE))
+            strays.append(stray)
+        transfer.send(receiver.address, TOKEN, ck.dumps(ResumableState(step=7), task_id="t", epoch=1))
+        receiver.join()
+    finally:
+        for stray in strays:
+            stray.close()
+    assert receiver.error is None and receiver.result is not None
+    assert ck.loads(receiver.result[0], buffers=receiver.result[1], checked=True)[1].step == 7
+
+
+def test_nothing_valid_within_the_timeout_is_one_line() -> None:
+    receiver = Receiver(timeout=1.0)
+    host, port = receiver.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))):  # silent until the end
+        receiver.join()
+    assert isinstance(receiver.error, transfer.TransferError)
+    assert str(receiver.error) == "no checkpoint arrived within 1 s"
+
+
 def test_a_damaged_checkpoint_is_refused_and_the_sender_told_why() -> None:
     pieces = [bytes(p) for p in ck.dumps(state_with_buffer(), task_id="t", epoch=1)]
     damaged = bytearray(pieces[-1])

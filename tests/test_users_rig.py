@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,39 +28,59 @@ HOGS = int(os.environ.get("MOSIX_TEST_HOGS", "10000"))  # connections per hog pr
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to speak as another user")
 
 
-def as_user(uid: int, path: str, calls: list[dict[str, Any]], timeout: float = 20.0) -> list[dict[str, Any]]:
-    """Send ``calls`` over the Unix socket at ``path`` from a child process running as ``uid``;
-    the answers' headers, in order."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root, ask, report through the pipe, never return
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            answers = []
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(path)
-                for call in calls:
-                    frames.send_frame(sock, call)
-                    frame = frames.recv_frame(sock)
-                    answers.append(frame[0] if frame else {"t": "closed"})
-            os.write(write_end, json.dumps(answers).encode())
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            os.write(write_end, json.dumps([{"t": "child-failed", "message": repr(exc)}]).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 1 << 16):
-        chunks.append(chunk)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks))
+# Run in a fresh interpreter started as root, which then becomes the user: forking the test
+# process itself is unsafe once gRPC's threads run in it, and the interpreter's files need
+# not be readable by that user. Everything is imported before the switch.
+SPEAKER = """
+import json, os, resource, socket, sys, time
+from mosrun.runtime import frames
+job = json.loads(sys.argv[1])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+os.setgroups([])
+os.setgid(job["uid"])
+os.setuid(job["uid"])
+if job["calls"]:
+    answers = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(20)
+        sock.connect(job["paths"][0])
+        for call in job["calls"]:
+            frames.send_frame(sock, call)
+            frame = frames.recv_frame(sock)
+            answers.append(frame[0] if frame else {"t": "closed"})
+    print(json.dumps(answers), flush=True)
+else:  # hold idle connections, waiting out a full backlog as a determined user would
+    held, deadline = [], time.monotonic() + 120
+    for i in range(job["count"]):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        while time.monotonic() < deadline:
+            try:
+                sock.connect(job["paths"][i % len(job["paths"])])
+                held.append(sock)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+        else:
+            break
+    print(len(held), flush=True)
+    time.sleep(600)
+"""
+
+
+def _speaker(uid: int, paths: list[str], calls: list[dict[str, Any]] | None = None,
+             count: int = 0) -> subprocess.Popen[str]:
+    job = json.dumps({"uid": uid, "paths": paths, "calls": calls or [], "count": count})
+    return subprocess.Popen([sys.executable, "-c", SPEAKER, job], stdout=subprocess.PIPE, text=True)
+
+
+def as_user(uid: int, path: str, calls: list[dict[str, Any]], timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Send ``calls`` over the Unix socket at ``path`` as ``uid``; the answers' headers."""
+    proc = _speaker(uid, [path], calls)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
@@ -147,52 +168,14 @@ def test_garbage_on_the_tools_socket_costs_one_connection(rig2: LocalRig) -> Non
     assert "Traceback" not in log, log
 
 
-def _hog(uid: int, paths: list[str], count: int, ready: int) -> int:
-    """A child that opens ``count`` idle connections as ``uid``, alternating ``paths`` (a full
-    backlog is waited out, as a determined user would), says how many it holds on ``ready``,
-    and keeps them until it is killed. Returns its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        import resource
-
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-        held = []
-        deadline = time.monotonic() + 120
-        for i in range(count):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            while time.monotonic() < deadline:
-                try:
-                    sock.connect(paths[i % len(paths)])
-                    held.append(sock)
-                    break
-                except BlockingIOError:  # the backlog is full: the daemon is catching up
-                    time.sleep(0.001)
-            else:
-                break
-        os.write(ready, str(len(held)).encode())
-        time.sleep(600)
-    finally:
-        os._exit(0)
-
-
 @pytest.mark.slow
 def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(rig2: LocalRig, tmp_path: Path) -> None:
     paths = [rig2.node("n1")["socket"], rig2.node("n1")["session"]]
-    hogs, ends = [], []
+    hogs = []
     try:
         for _ in range(2):  # 10,000 each: a process may hold no more descriptors here
-            ready_r, ready_w = os.pipe()
-            hogs.append(_hog(NOBODY, paths, HOGS, ready_w))
-            os.close(ready_w)
-            ends.append(ready_r)
-        held = [int(os.read(ready_r, 32) or b"0") for ready_r in ends]
+            hogs.append(_speaker(NOBODY, paths, count=HOGS))
+        held = [int(hog.stdout.readline() or 0) for hog in hogs]  # type: ignore[union-attr]
         assert sum(held) == 2 * HOGS, held  # every connect went through (most refused at once)
         # Meanwhile root, another user, is served as if nothing happened.
         watched = rig2.tool("mosmon", "--json", "--node", "n1", timeout=30)
@@ -202,10 +185,8 @@ def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(r
         log = rig2.log.read_text()
         assert "the limit per user (limits.sessions_per_user)" in log or "limits.sessions_per_user" in log
     finally:
-        for ready_r in ends:
-            os.close(ready_r)
-        for pid in hogs:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        for hog in hogs:
+            hog.kill()
+            hog.communicate(timeout=30)
     wait_for(lambda: json.loads(rig2.tool("mosctl", "--node", "n1", "status", "--json").stdout)["tables"]["sessions"] == 0,
              30)

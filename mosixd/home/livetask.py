@@ -39,6 +39,7 @@ class LiveTask:
     call: grpc.aio.StreamStreamCall
     node_id: str
     movable: bool = False
+    became_movable: asyncio.Event = field(default_factory=asyncio.Event)  # set with movable
     # While a move is under way: what the source sends about it, and the stream to switch to
     # once the source copy has ended.
     move_events: asyncio.Queue[pb.HostEvent | None] | None = None

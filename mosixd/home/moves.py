@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import grpc.aio
 
@@ -22,6 +23,10 @@ from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode
 from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
 from mosixd.wire import mosix_pb2 as pb
+
+# A Python task that started this recently may not have reached mosrun.resumable() yet: a
+# move asked for then waits this long for it before saying the task cannot move.
+FIRST_SAFEPOINT_GRACE = 10.0
 
 log = logging.getLogger("mosixd.home.moves")
 
@@ -46,6 +51,11 @@ class Mover:
             return pb.MigrateReply(ok=False, message=f"no running task {task_id} has its home on {self._node.node_id}")
         if uid not in (0, live.spec.uid):
             return pb.MigrateReply(ok=False, message=f"only the owner of task {task_id} ({live.spec.user}) or root may move it")
+        if not live.movable and live.spec.python and time.time() - live.spec.started < FIRST_SAFEPOINT_GRACE:
+            # Just started: it may not have reached mosrun.resumable() yet. Wait a little
+            # rather than tell a user who moves a task right after launching it that it cannot.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.became_movable.wait(), FIRST_SAFEPOINT_GRACE)
         if live.freeze_lock.locked():
             return pb.MigrateReply(ok=False, node=live.node_id,
                                    message=f"task {task_id} is already moving or being checkpointed")

@@ -394,6 +394,7 @@ class HomeSessions:
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
                 elif kind == "movable":
                     live.movable = True
+                    live.became_movable.set()
                 elif kind == "evicted":
                     # The node leaves the cluster and could not move the task: restart it from
                     # its checkpoint at once, or tell the user why it ends.

@@ -17,8 +17,10 @@ checksum's module).
 
 from __future__ import annotations
 
+import collections
 import hmac
 import os
+import selectors
 import socket
 import struct
 import time
@@ -30,7 +32,8 @@ TOKEN_SIZE = 32
 ACK, NAK = b"+", b"-"
 SLICE = 1 << 20          # checksummed as each slice arrives
 MAX_HEADER = 1 << 20     # a checkpoint header is a few hundred bytes; more is garbage
-MAX_STRAYS = 8           # connections without the token before the receiver gives up
+MAX_WAITING_PER_PEER = 8  # connections from one address waiting to present a token; the
+                          # oldest makes room for a newer one (a source sends at once)
 MAX_BUFFERS = 1 << 16    # out-of-band buffers a pre-copy may announce
 MAX_STATE = 1 << 40      # bytes they may add up to
 MAX_PICKLE = 1 << 32     # the in-band pickle of a state
@@ -230,35 +233,86 @@ def receive(listener: socket.socket, token: bytes, timeout: float,
     Connections without the token are dropped. Raises TransferError when nothing valid
     arrives within ``timeout`` seconds, CheckpointError when the checkpoint is damaged.
     """
-    deadline = time.monotonic() + timeout
-    for _ in range(MAX_STRAYS):
-        listener.settimeout(max(0.01, deadline - time.monotonic()))
+    conn = _await_token(listener, token, time.monotonic() + timeout, timeout)
+    with conn:
+        conn.settimeout(IDLE_TIMEOUT)
         try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            raise TransferError(f"no checkpoint arrived within {timeout:.0f} s") from None
-        with conn:
-            conn.settimeout(IDLE_TIMEOUT)
-            try:
-                presented = _recv_exact(conn, TOKEN_SIZE)
-            except (OSError, TransferError):
-                continue
-            if not hmac.compare_digest(bytes(presented), token):
-                continue  # a stray or hostile connection: not the task's source
-            try:
-                magic = bytes(_recv_exact(conn, len(precopy.MAGIC)))
-                if magic == precopy.MAGIC:
-                    data = _read_precopy(conn, room)
-                else:
-                    data = _read_checkpoint(conn, room, magic)
-            except checkpoint.CheckpointError as exc:
-                _say(conn, NAK + str(exc).encode()[:1000])
-                raise
-            except OSError as exc:
-                raise TransferError(f"the checkpoint stream broke ({exc})") from None
-            _say(conn, ACK)
-            return data
-    raise TransferError(f"{MAX_STRAYS} connections came without the move's token")
+            magic = bytes(_recv_exact(conn, len(precopy.MAGIC)))
+            if magic == precopy.MAGIC:
+                data = _read_precopy(conn, room)
+            else:
+                data = _read_checkpoint(conn, room, magic)
+        except checkpoint.CheckpointError as exc:
+            _say(conn, NAK + str(exc).encode()[:1000])
+            raise
+        except OSError as exc:
+            raise TransferError(f"the checkpoint stream broke ({exc})") from None
+        _say(conn, ACK)
+        return data
+
+
+def _await_token(listener: socket.socket, token: bytes, deadline: float, timeout: float) -> socket.socket:
+    """The first connection to present ``token`` before ``deadline``, in blocking mode.
+
+    Connections are read side by side, so one that stays silent delays nobody, and any number
+    of strays cannot make the move fail before its deadline. At most MAX_WAITING_PER_PEER wait
+    from one address: a newer one drops the oldest, so that a flood from the source's own
+    host cannot keep the source's connection, which presents its token at once, out."""
+    sel = selectors.DefaultSelector()
+    waiting: dict[socket.socket, bytearray] = {}
+    by_peer: dict[str, collections.deque[socket.socket]] = {}
+
+    def drop(conn: socket.socket, peer: str) -> None:
+        sel.unregister(conn)
+        del waiting[conn]
+        by_peer[peer].remove(conn)
+        conn.close()
+
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ, "")
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _events in sel.select(timeout=left):
+                if key.fileobj is listener:
+                    for _ in range(64):  # bounded: the waiting connections need reading too
+                        try:
+                            conn, addr = listener.accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        peer = str(addr[0]) if isinstance(addr, tuple) else ""
+                        queue = by_peer.setdefault(peer, collections.deque())
+                        if len(queue) >= MAX_WAITING_PER_PEER:
+                            drop(queue[0], peer)
+                        conn.setblocking(False)
+                        waiting[conn] = bytearray()
+                        queue.append(conn)
+                        sel.register(conn, selectors.EVENT_READ, peer)
+                    continue
+                conn, peer = key.fileobj, key.data  # type: ignore[assignment]
+                if conn not in waiting:
+                    continue  # dropped earlier in this batch
+                got = waiting[conn]
+                try:
+                    chunk = conn.recv(TOKEN_SIZE - len(got))
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                got += chunk
+                if not chunk or (len(got) == TOKEN_SIZE and not hmac.compare_digest(bytes(got), token)):
+                    drop(conn, peer)  # closed, or a stray or hostile connection: not the source
+                elif len(got) == TOKEN_SIZE:
+                    sel.unregister(conn)
+                    del waiting[conn]
+                    by_peer[peer].remove(conn)
+                    conn.setblocking(True)
+                    return conn
+        raise TransferError(f"no checkpoint arrived within {timeout:.0f} s")
+    finally:
+        for conn in waiting:
+            conn.close()
+        sel.close()
+        listener.setblocking(True)
 
 
 def _say(conn: socket.socket, reply: bytes) -> None:
