@@ -63,6 +63,8 @@ TOML_KEYS = {
     ("limits", "sessions"): "--max-sessions",
     ("limits", "sessions_per_user"): "--max-sessions-per-user",
     ("limits", "launch_timeout"): "--launch-timeout",
+    ("limits", "guest_tasks"): "--max-guest-tasks",
+    ("limits", "tasks_per_user"): "--max-tasks-per-user",
     ("security", "admin_group"): "--admin-group",
     ("security", "insecure"): "--insecure",
     ("security", "run_as_root"): "--run-as-root",

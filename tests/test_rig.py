@@ -233,3 +233,24 @@ def test_readme_main_command_brings_up_and_tears_down_an_ephemeral_cluster(tmp_p
     assert sorted(r[0] for r in rows) == ["n1", "n2", "n3"]
     assert all("up" in r for r in rows)
     assert not (tmp_path / "rt" / "local.json").exists(), "the ephemeral cluster is gone afterwards"
+
+
+def test_a_node_runs_no_more_guest_tasks_than_its_limit(rig3: LocalRig, tmp_path: Path) -> None:
+    port = free_port(["127.0.1.9"])
+    late = subprocess.Popen(
+        [str(BIN / "mosixd"), "--id", "n9", "--listen", f"127.0.1.9:{port}", "--peers", rig3.node("n1")["address"],
+         *_issue(rig3, "n9", tmp_path), "--state-dir", str(tmp_path / "n9"), "--socket", str(tmp_path / "n9.sock"),
+         "--load-source", "tasks", "--speed", "1", "--run-as-root", "--max-guest-tasks", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rig3.extra_procs.append(late)
+    wait_for(lambda: (rig3.view("n1") or {}).get("n9") == "up", 15)
+    first = subprocess.Popen([str(BIN / "mosrun"), "-r", "n9", "sleep", "30"], env=rig3.env)
+    try:
+        wait_for(lambda: any(t["where"] == "n9" and t["state"] == "running" for t in rig3.tasks("n1")), 15)
+        second = rig3.mosrun("-r", "n9", "sleep", "1", cwd=tmp_path)
+        assert second.returncode == 125
+        assert second.stderr.decode() == (
+            "mosrun: no node can take the task (n9: node runs 1 guest tasks, its limit (limits.guest_tasks))\n")
+    finally:
+        first.terminate()
+        first.wait(timeout=20)

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run tasks of root here (default: refused)")
     p.add_argument("--deny-users", help="comma-separated users whose tasks are never run here")
     p.add_argument("--homes", help="comma-separated node ids that may start tasks here (default: any)")
+    p.add_argument("--max-guest-tasks", type=int, help="tasks of other homes run here at once (default 0: no limit)")
+    p.add_argument("--max-tasks-per-user", type=int, help="tasks of one user run here at once (default 0: no limit)")
     p.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics there (default: none)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
@@ -77,7 +79,8 @@ _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file
               "cpus", "cpuset", "speed", "gossip_interval", "window", "down_after", "log_level", "balance",
               "leave_timeout", "max_sessions", "max_sessions_per_user", "launch_timeout",
               "admin_group", "tls_ca", "tls_cert", "tls_key", "insecure",
-              "metrics_listen", "run_as_root", "deny_users", "homes")
+              "metrics_listen", "run_as_root", "deny_users", "homes",
+              "max_guest_tasks", "max_tasks_per_user")
 
 
 def setup_logging(level: str, name: str) -> None:

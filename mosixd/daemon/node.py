@@ -103,7 +103,8 @@ class NodeDaemon:
         self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
                                blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
                                host=advertise_host,
-                               rules=GuestRules(config.run_as_root, config.deny_users, config.homes))
+                               rules=GuestRules(config.run_as_root, config.deny_users, config.homes,
+                                                config.max_guest_tasks, config.max_tasks_per_user))
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
         self.placement = Placement()
         self.rebalancer = Rebalancer(rng=self._rng)

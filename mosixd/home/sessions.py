@@ -306,7 +306,9 @@ class HomeSessions:
                     return call, node_id
                 self._node.placement.release(reservation)
                 call.cancel()
-                refusals[node_id] = event.refused.reason if kind == "refused" else "closed the stream"
+                # A node names itself in its refusal; the list below names it already.
+                refusals[node_id] = (event.refused.reason.removeprefix(f"{node_id}: ") if kind == "refused"
+                                     else "closed the stream")
                 if kind == "refused" and not event.refused.retry:
                     raise LaunchError(event.refused.reason)
             why = "; ".join(f"{n}: {r}" for n, r in refusals.items()) or "no node known"

@@ -60,13 +60,23 @@ class GuestRules:
     run_as_root: bool = False
     deny_users: tuple[str, ...] = ()
     homes: tuple[str, ...] = ()  # node ids that may start tasks here; () = any
+    guest_tasks: int = 0         # tasks of other homes at once; 0 = no limit
+    tasks_per_user: int = 0      # tasks of one user at once; 0 = no limit
 
-    def refusal(self, spec: pb.TaskSpec, own_id: str) -> str | None:
-        """Why ``spec`` may not start here on these rules alone, or None."""
-        if self.homes and spec.home != own_id and spec.home not in self.homes:
+    def refusal(self, spec: pb.TaskSpec, own_id: str, hosted: list[pb.TaskSpec], starting: int) -> str | None:
+        """Why ``spec`` may not start here on these rules alone, or None. ``hosted``: the
+        specs of the tasks running here; ``starting``: more being started."""
+        guest = spec.home != own_id
+        if self.homes and guest and spec.home not in self.homes:
             return f"node {spec.home[:64]} may not start tasks here (security.homes)"
         if spec.user in self.deny_users:
             return f"tasks of {spec.user} are not run here (security.deny_users)"
+        guests = sum(1 for h in hosted if h.home != own_id) + starting
+        if guest and self.guest_tasks and guests >= self.guest_tasks:
+            return f"node runs {guests} guest tasks, its limit (limits.guest_tasks)"
+        mine = sum(1 for h in hosted if h.user == spec.user)
+        if self.tasks_per_user and mine >= self.tasks_per_user:
+            return f"{spec.user} has {mine} tasks here, the limit per user (limits.tasks_per_user)"
         return None
 
 
@@ -135,7 +145,8 @@ class TaskTable:
             await send(_refused(f"{self.node_id}: node {caller} cannot start a task for home {spec.home[:64]!r}",
                                 retry=False))
             return
-        if refusal := self._rules.refusal(spec, self.node_id):
+        hosted = [t.spec for t in self.tasks.values()]
+        if refusal := self._rules.refusal(spec, self.node_id, hosted, self._starting):
             self.refusals["rules"] += 1
             await send(_refused(f"{self.node_id}: {refusal}", retry=True))
             return
