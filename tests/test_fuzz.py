@@ -23,11 +23,9 @@ import pytest
 from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_inprocess import KEY, ConstantDemand
+from test_inprocess import KEY, make_node
 
-from mosixd.daemon.load import LoadSampler
 from mosixd.daemon.node import NodeDaemon
-from mosixd.settings.config import load_config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire.auth import body_digest, sign
 from mosrun.runtime import frames
@@ -53,18 +51,14 @@ class LiveNode:
 
     def __init__(self, tmp: Path) -> None:
         self.port = free_port(["127.0.2.1"])
-        config = load_config(None, {
-            "node_id": "f1", "listen": f"127.0.2.1:{self.port}", "state_dir": str(tmp / "f1"),
-            "socket": str(tmp / "f1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0,
-            "gossip_interval": 0.2, "launch_timeout": 1.0})
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.node = self._run(self._make(config))
+        self.node = self._run(self._make(tmp))
         self.channel = grpc.insecure_channel(f"127.0.2.1:{self.port}")
 
-    async def _make(self, config: Any) -> NodeDaemon:
-        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(0.0), cpus=2, speed=1.0), generation=1)
+    async def _make(self, tmp: Path) -> NodeDaemon:
+        node = make_node(tmp, 1, self.port, [], gossip_interval=0.2, launch_timeout=1.0)
         await node.start()
         return node
 

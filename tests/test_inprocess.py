@@ -33,11 +33,12 @@ class ConstantDemand:
 
 
 def make_node(tmp_path: Path, i: int, port: int, peers: list[str], key: bytes = KEY,
-              demand: float = 0.0) -> NodeDaemon:
+              demand: float = 0.0, **settings: object) -> NodeDaemon:
+    """Node p{i} on 127.0.2.{i}; ``settings``: config fields to set besides (or instead of) these."""
     config = load_config(None, {
         "node_id": f"p{i}", "listen": f"127.0.2.{i}:{port}", "peers": ",".join(peers),
         "state_dir": str(tmp_path / f"p{i}"), "socket": str(tmp_path / f"p{i}.sock"), "key_file": "/unused",
-        "gossip_interval": INTERVAL, "down_after": 1.0, "cpus": 2, "speed": 1.0,
+        "gossip_interval": INTERVAL, "down_after": 1.0, "cpus": 2, "speed": 1.0, **settings,
     })
     sampler = LoadSampler(ConstantDemand(demand), cpus=2, speed=1.0)
     return NodeDaemon(config, key, sampler=sampler, generation=1, rng=random.Random(i))

@@ -11,12 +11,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 from conftest import free_port
-from test_inprocess import KEY, ConstantDemand
+from test_inprocess import KEY, make_node
 
-from mosixd.daemon.load import LoadSampler
-from mosixd.daemon.node import NodeDaemon
 from mosixd.home.livetask import TaskRecord
-from mosixd.settings.config import load_config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire.auth import call_metadata
 
@@ -24,11 +21,7 @@ from mosixd.wire.auth import call_metadata
 def test_metrics_count_members_tasks_and_refusals_and_name_no_user(tmp_path: Path) -> None:
     async def scenario() -> str:
         port, metrics_port = free_port(["127.0.2.1"]), free_port(["127.0.2.1"])
-        config = load_config(None, {
-            "node_id": "p1", "listen": f"127.0.2.1:{port}", "state_dir": str(tmp_path / "p1"),
-            "socket": str(tmp_path / "p1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0,
-            "metrics_listen": f"127.0.2.1:{metrics_port}"})
-        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(1.0), cpus=2, speed=1.0), generation=1)
+        node = make_node(tmp_path, 1, port, [], demand=1.0, metrics_listen=f"127.0.2.1:{metrics_port}")
         await node.start()
         try:
             # A queued task of a user, as the home holds it.

@@ -162,19 +162,11 @@ def test_a_planted_runtime_directory_is_refused_by_every_tool(tmp_path: Path, pl
 
 
 def test_idle_sessions_are_capped_per_user_and_closed_after_the_launch_timeout(tmp_path: Path) -> None:
-    from mosixd.daemon.load import LoadSampler
-    from mosixd.daemon.node import NodeDaemon
-    from mosixd.settings.config import load_config
     from mosrun.runtime import frames
-    from test_inprocess import ConstantDemand
 
     async def scenario() -> None:
         port = free_port(["127.0.2.1"])
-        config = load_config(None, {
-            "node_id": "p1", "listen": f"127.0.2.1:{port}", "state_dir": str(tmp_path / "p1"),
-            "socket": str(tmp_path / "p1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0,
-            "max_sessions_per_user": 3, "launch_timeout": 1.0})
-        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(0.0), cpus=2, speed=1.0), generation=1)
+        node = make_node(tmp_path, 1, port, [], max_sessions_per_user=3, launch_timeout=1.0)
         await node.start()
         opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
@@ -215,17 +207,9 @@ def test_idle_sessions_are_capped_per_user_and_closed_after_the_launch_timeout(t
 ])
 def test_a_host_runs_only_the_users_and_homes_its_config_allows(tmp_path: Path, rules: dict[str, object],
                                                                   spec: dict[str, str], said: str) -> None:
-    from mosixd.daemon.load import LoadSampler
-    from mosixd.daemon.node import NodeDaemon
-    from mosixd.settings.config import load_config
-    from test_inprocess import ConstantDemand
-
     async def scenario() -> list[pb.HostEvent]:
         port = free_port(["127.0.2.1"])
-        config = load_config(None, {
-            "node_id": "p1", "listen": f"127.0.2.1:{port}", "state_dir": str(tmp_path / "p1"),
-            "socket": str(tmp_path / "p1.sock"), "key_file": "/unused", "cpus": 2, "speed": 1.0, **rules})
-        node = NodeDaemon(config, KEY, sampler=LoadSampler(ConstantDemand(0.0), cpus=2, speed=1.0), generation=1)
+        node = make_node(tmp_path, 1, port, [], **rules)
         await node.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.2.1:{port}") as channel:

@@ -109,12 +109,12 @@ def cpuset_for(index: int, n: int, host_cpus: int) -> tuple[int, ...]:
     return tuple(range(index, host_cpus, n))
 
 
-def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file: Path, sock: Path, tls: TlsFiles,
+def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, sock: Path, tls: TlsFiles,
                        cpus: int, cpuset: tuple[int, ...], speed: float, extra: dict[str, Any]) -> None:
     lines = [
         "[node]", f'id = "{plan.id}"', f'listen = "{plan.address}"', f'advertise = "{plan.advertise}"',
         f'socket = "{sock}"',
-        f'state_dir = "{state_dir}"', f'key_file = "{key_file}"',
+        f'state_dir = "{state_dir}"',
         "peers = [" + ", ".join(f'"{p}"' for p in plan.peers) + "]",
         *([f"leave_timeout = {extra['leave_timeout']}"] if extra.get("leave_timeout") is not None else []),
         "[load]", f'source = "{plan.load_source}"', f"cpus = {cpus}", f"speed = {speed:.4f}",
@@ -133,7 +133,6 @@ def _write_node_config(path: Path, plan: NodePlan, *, state_dir: Path, key_file:
 def run_local(args: argparse.Namespace) -> int:
     """Start the cluster, print it, wait for Ctrl-C/SIGTERM, stop every node. Exit code."""
     from mosixd.daemon.load import calibrate_speed, detect_cpus
-    from mosixd.wire.auth import generate_key
 
     n, port = args.local, DEFAULT_PORT if args.port is None else args.port
     if not 1 <= n <= MAX_LOCAL_NODES:
@@ -159,8 +158,6 @@ def run_local(args: argparse.Namespace) -> int:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     cluster_dir.mkdir(exist_ok=True)
-    key_file = cluster_dir / "cluster.key"
-    generate_key(key_file)
     # A CA of its own, made afresh, and a certificate per node: nodes prove who they are.
     tls_dir = cluster_dir / "tls"
     shutil.rmtree(tls_dir, ignore_errors=True)
@@ -177,7 +174,7 @@ def run_local(args: argparse.Namespace) -> int:
         node_dir = cluster_dir / plan.id
         node_dir.mkdir(exist_ok=True)
         sock, config = node_dir / "mosixd.sock", node_dir / "mosix.toml"
-        _write_node_config(config, plan, state_dir=node_dir, key_file=key_file, sock=sock, tls=certs[plan.id],
+        _write_node_config(config, plan, state_dir=node_dir, sock=sock, tls=certs[plan.id],
                            cpus=args.cpus or len(cpuset_for(index, n, host_cpus)),
                            cpuset=cpuset_for(index, n, host_cpus), speed=speed, extra=extra)
         cmd = [sys.executable, "-m", "mosixd", "--config", str(config)]
@@ -191,7 +188,7 @@ def run_local(args: argparse.Namespace) -> int:
                       "state_dir": str(node_dir), "config": str(config)})
     # The supervisor's user owns the whole cluster: its tools may speak to a port as n1 does.
     operator = certs[plans[0].id]
-    registry = {"pid": os.getpid(), "port": port, "key_file": str(key_file), "nodes": nodes,
+    registry = {"pid": os.getpid(), "port": port, "nodes": nodes,
                 "tls": {"ca": str(operator.ca), "cert": str(operator.cert), "key": str(operator.key)}}
     registry_path = root / REGISTRY
     tmp = registry_path.with_suffix(".tmp")

@@ -128,11 +128,7 @@ class UserApi:
         assert task is not None
         _pid, uid, gid = peer_credentials(writer)
         try:
-            mine = sum(1 for owner in self._open.values() if owner == uid)
-            if len(self._open) >= self._limits.sessions or mine >= self._limits.per_user:
-                refusal = (f"uid {uid} has {mine} tool connections open, the limit per user "
-                           "(limits.sessions_per_user)" if mine >= self._limits.per_user else
-                           f"the node has {len(self._open)} tool connections open, its limit (limits.sessions)")
+            if refusal := self._limits.refusal(self._open.values(), uid, "tool connections"):
                 self._refusals.note(str(uid), "connection", refusal)
                 await self._send(writer, {"t": "error", "code": "refused", "message": refusal})
                 return

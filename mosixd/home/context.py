@@ -6,7 +6,7 @@ checkpoint keeper, so none of them imports the daemon (and tests can build one b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,18 @@ class SessionLimits:
     sessions: int = 4096           # open at once, all users together
     per_user: int = 512            # open at once by one uid
     launch_timeout: float = 10.0   # seconds a new session has to send its launch request
+
+    def refusal(self, owners: Iterable[int], uid: int, what: str) -> str | None:
+        """Why one more of ``what`` (sessions, tool connections) for ``uid`` is refused, given
+        the uids of those open now, or None. One user's idle connections must not use up the
+        daemon's descriptors for everyone."""
+        owners = list(owners)
+        if len(owners) >= self.sessions:
+            return f"this node has {len(owners)} {what} open, its limit (limits.sessions)"
+        mine = owners.count(uid)
+        if mine >= self.per_user:
+            return f"uid {uid} has {mine} {what} open, the limit per user (limits.sessions_per_user)"
+        return None
 
 
 @dataclass(frozen=True)

@@ -177,22 +177,11 @@ class HomeSessions:
         if self._sessions:
             await asyncio.wait(self._sessions, timeout=3)
 
-    def _over_limit(self, uid: int) -> str | None:
-        """Why one more session of ``uid`` is refused, or None. The limits keep one user's
-        idle connections from using up the daemon's descriptors for everyone."""
-        limits = self._node.limits
-        if len(self._sessions) >= limits.sessions:
-            return f"the home node has {len(self._sessions)} sessions open, its limit (limits.sessions)"
-        mine = sum(1 for owner in self._sessions.values() if owner == uid)
-        if mine >= limits.per_user:
-            return f"uid {uid} has {mine} sessions open, the limit per user (limits.sessions_per_user)"
-        return None
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         uid = peer_credentials(writer)[1]
-        if refusal := self._over_limit(uid):
+        if refusal := self._node.limits.refusal(self._sessions.values(), uid, "sessions"):
             self._refusals.note(str(uid), "session", refusal)
             with contextlib.suppress(Exception):
                 writer.write(frames.encode({"t": "error", "code": EXIT_LAUNCH, "message": refusal}))

@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import stat
 import time
 from collections import deque
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 import grpc.aio
 
-from mosixd.wire.tls import GENERIC_NAME, TlsCredentials
+from mosixd.wire.tls import GENERIC_NAME, TlsCredentials, read_file, write_private
 
 log = logging.getLogger("mosixd.wire.auth")
 
@@ -46,14 +44,7 @@ class KeyFileError(Exception):
 
 def load_key(path: Path) -> bytes:
     """Read the cluster key (surrounding whitespace ignored)."""
-    try:
-        key = path.read_bytes().strip()
-    except FileNotFoundError:
-        raise KeyFileError(f"cluster key file {path} does not exist") from None
-    except PermissionError:
-        raise KeyFileError(f"cluster key file {path} is not readable by this user") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"cluster key file {path} is a directory") from None
+    key = read_file(path, "cluster key file", KeyFileError).strip()
     if len(key) < MIN_KEY_BYTES:
         raise KeyFileError(f"cluster key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed")
     return key
@@ -62,11 +53,7 @@ def load_key(path: Path) -> bytes:
 def generate_key(path: Path) -> bytes:
     """Create a new random key file readable by its owner only (mode 0600)."""
     key = secrets.token_urlsafe(32).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key + b"\n")
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    write_private(path, key + b"\n")
     return key
 
 

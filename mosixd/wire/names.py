@@ -13,26 +13,24 @@ import re
 MAX_ID_LENGTH = 128
 MAX_NODE_ID_LENGTH = 64
 MAX_ADDRESS_LENGTH = 261  # a 253-character host name, ':' and a port
-_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _id_problem(kind: str, value: str, longest: int) -> str | None:
+    if not value:
+        return f"the {kind} id is empty"
+    if len(value) > longest:
+        return f"the {kind} id is longer than {longest} characters"
+    if not _ID.fullmatch(value):
+        return f"the {kind} id {value[:40]!r} holds characters other than letters, digits, '.', '_' and '-'"
+    return None
 
 
 def task_id_problem(task_id: str) -> str | None:
     """None if ``task_id`` is a well-formed task id, else why not (one line)."""
-    if not task_id:
-        return "the task id is empty"
-    if len(task_id) > MAX_ID_LENGTH:
-        return f"the task id is longer than {MAX_ID_LENGTH} characters"
-    if not _TASK_ID.fullmatch(task_id):
-        return f"the task id {task_id[:40]!r} holds characters other than letters, digits, '.', '_' and '-'"
-    return None
+    return _id_problem("task", task_id, MAX_ID_LENGTH)
 
 
 def node_id_problem(node_id: str) -> str | None:
     """None if ``node_id`` is a well-formed node id (a host-name-like word), else why not."""
-    if not node_id:
-        return "the node id is empty"
-    if len(node_id) > MAX_NODE_ID_LENGTH:
-        return f"the node id is longer than {MAX_NODE_ID_LENGTH} characters"
-    if not _TASK_ID.fullmatch(node_id):
-        return f"the node id {node_id[:40]!r} holds characters other than letters, digits, '.', '_' and '-'"
-    return None
+    return _id_problem("node", node_id, MAX_NODE_ID_LENGTH)

@@ -59,15 +59,16 @@ class TlsCredentials:
                                            require_client_auth=True)
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str, error: type[Exception] = TlsError) -> bytes:
+    """The bytes of a key or certificate file; ``error`` with a one-line reason if it cannot be read."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise TlsError(f"{what} {path} does not exist") from None
+        raise error(f"{what} {path} does not exist") from None
     except PermissionError:
-        raise TlsError(f"{what} {path} is not readable by this user") from None
+        raise error(f"{what} {path} is not readable by this user") from None
     except IsADirectoryError:
-        raise TlsError(f"{what} {path} is a directory") from None
+        raise error(f"{what} {path} is a directory") from None
 
 
 def load(files: TlsFiles) -> TlsCredentials:
@@ -75,7 +76,8 @@ def load(files: TlsFiles) -> TlsCredentials:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    ca, cert, key = _read(files.ca, "CA certificate"), _read(files.cert, "certificate"), _read(files.key, "key")
+    ca = read_file(files.ca, "CA certificate")
+    cert, key = read_file(files.cert, "certificate"), read_file(files.key, "key")
     mode = stat.S_IMODE(files.key.stat().st_mode)
     if mode & 0o077:
         raise TlsError(f"key {files.key} is readable by others (mode {mode:o}); chmod 600 it")
@@ -112,7 +114,8 @@ def peer_node(context: Any) -> str | None:
 # ---- making them (mosixd ca) -------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (its directories made), readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -154,7 +157,7 @@ def init_ca(directory: Path, name: str = "mosix cluster CA") -> Path:
                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
                                          key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    _write_private(key_path, _pem_key(key))
+    write_private(key_path, _pem_key(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path
 
@@ -167,8 +170,8 @@ def issue(ca_dir: Path, node_id: str, out_dir: Path, names: list[str] = ()) -> T
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    ca_cert = x509.load_pem_x509_certificate(_read(ca_dir / CA_CERT, "CA certificate"))
-    ca_key = serialization.load_pem_private_key(_read(ca_dir / CA_KEY, "CA key"), password=None)
+    ca_cert = x509.load_pem_x509_certificate(read_file(ca_dir / CA_CERT, "CA certificate"))
+    ca_key = serialization.load_pem_private_key(read_file(ca_dir / CA_KEY, "CA key"), password=None)
     alt: list[x509.GeneralName] = [x509.DNSName(node_id), x509.DNSName(GENERIC_NAME)]
     for name in names:
         try:
@@ -189,6 +192,6 @@ def issue(ca_dir: Path, node_id: str, out_dir: Path, names: list[str] = ()) -> T
                            critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     files = TlsFiles(ca=ca_dir / CA_CERT, cert=out_dir / f"{node_id}.crt", key=out_dir / f"{node_id}.key")
-    _write_private(files.key, _pem_key(key))
+    write_private(files.key, _pem_key(key))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return files

@@ -5,9 +5,10 @@ The daemon is found by ``--node ADDR``, then ``$MOSIX_NODE``, then the system so
 ``HOST:PORT``, ``unix:PATH``, a socket path, or a node id (``n2``) of the local cluster.
 
 A local daemon is asked over its tools socket, where the kernel tells it who the user is:
-users hold no credential. Only ``HOST:PORT`` speaks gRPC, as a node, and needs the cluster
-key: from ``--key``, then ``$MOSIX_KEY_FILE``, then the local cluster's key when the daemon
-belongs to it, then the system config's key file. That is for operators (root).
+users hold no credential. Only ``HOST:PORT`` speaks gRPC, as a node: with a node certificate
+(the local cluster's, else the system config's ``[tls]``) or, given ``--key``, with the cluster
+key: from ``--key``, then ``$MOSIX_KEY_FILE``, then the system config's key file. That is for
+operators (root).
 
 Exit codes of the tools for these failures: 3 no daemon found or reachable, 4 refused
 (wrong cluster key, or not allowed for this user), 1 anything else the daemon reports.
@@ -103,12 +104,11 @@ def resolve(node: str | None, key: Path | None) -> Target:
     from mosixd.settings.registry import find_local_node, present
 
     registry = local_registry()
-    local_key = Path(registry["key_file"]) if registry else None
     node = node or os.environ.get("MOSIX_NODE") or None
     key = key or (Path(os.environ["MOSIX_KEY_FILE"]) if os.environ.get("MOSIX_KEY_FILE") else None)
     if node:
         if entry := find_local_node(node, registry):
-            return Target(f"unix:{entry['socket']}", key or local_key or SYSTEM_KEY, entry["id"])
+            return Target(f"unix:{entry['socket']}", key or SYSTEM_KEY, entry["id"])
         if node.startswith("unix:"):
             return Target(node, key or _system_key(), node)
         if "/" in node:
@@ -122,7 +122,7 @@ def resolve(node: str | None, key: Path | None) -> Target:
         return Target(f"unix:{SYSTEM_SOCKET}", key or _system_key(), "this host")
     if registry and registry.get("nodes"):
         first = registry["nodes"][0]
-        return Target(f"unix:{first['socket']}", key or local_key or SYSTEM_KEY, first["id"])
+        return Target(f"unix:{first['socket']}", key or SYSTEM_KEY, first["id"])
     raise ClientError(
         "no mosixd found: no --node, no $MOSIX_NODE, no /run/mosix/mosixd.sock and no running local "
         "cluster (start one with: mosixd --local 3)", EXIT_NO_DAEMON)

@@ -262,11 +262,11 @@ def _await_token(listener: socket.socket, token: bytes, deadline: float, timeout
     waiting: dict[socket.socket, bytearray] = {}
     by_peer: dict[str, collections.deque[socket.socket]] = {}
 
-    def drop(conn: socket.socket, peer: str) -> None:
+    def forget(conn: socket.socket, peer: str) -> socket.socket:
         sel.unregister(conn)
         del waiting[conn]
         by_peer[peer].remove(conn)
-        conn.close()
+        return conn
 
     listener.setblocking(False)
     sel.register(listener, selectors.EVENT_READ, "")
@@ -282,7 +282,7 @@ def _await_token(listener: socket.socket, token: bytes, deadline: float, timeout
                         peer = str(addr[0]) if isinstance(addr, tuple) else ""
                         queue = by_peer.setdefault(peer, collections.deque())
                         if len(queue) >= MAX_WAITING_PER_PEER:
-                            drop(queue[0], peer)
+                            forget(queue[0], peer).close()
                         conn.setblocking(False)
                         waiting[conn] = bytearray()
                         queue.append(conn)
@@ -300,12 +300,9 @@ def _await_token(listener: socket.socket, token: bytes, deadline: float, timeout
                     chunk = b""
                 got += chunk
                 if not chunk or (len(got) == TOKEN_SIZE and not hmac.compare_digest(bytes(got), token)):
-                    drop(conn, peer)  # closed, or a stray or hostile connection: not the source
+                    forget(conn, peer).close()  # closed, or a stray or hostile connection: not the source
                 elif len(got) == TOKEN_SIZE:
-                    sel.unregister(conn)
-                    del waiting[conn]
-                    by_peer[peer].remove(conn)
-                    conn.setblocking(True)
+                    forget(conn, peer).setblocking(True)
                     return conn
         raise TransferError(f"no checkpoint arrived within {timeout:.0f} s")
     finally:
