@@ -160,3 +160,40 @@ def test_the_table_is_capped_whatever_peers_announce() -> None:
     # Known nodes still update: the cap turns away only new ones.
     view.receive([Entry("evil0", "198.18.0.0:1", 1, 0, 0.0, True, False, fake[0].load)], 2.0)
     assert view.state_of("evil0", 2.0) is NodeState.BLOCKED
+
+
+def _entry(node_id: str, address: str, generation: int = 1) -> Entry:
+    return Entry(node_id, address, generation, 0, 0.0, False, False, LoadVector())
+
+
+def test_under_tls_only_a_node_itself_brings_its_id_or_a_new_address_into_the_table() -> None:
+    view = GossipView("n1", "10.0.0.1:7000", GossipConfig(vouch=True, max_unvouched=4), 0.0, generation=1,
+                      load=LoadVector(), rng=random.Random(1))
+    # n2 speaks for itself (its certificate said so): in.
+    view.receive([_entry("n2", "10.0.0.2:7000")], 1.0, sender="n2")
+    # n2 tells of n3 and of "evil": hearsay, held for the daemon to check, not in the table.
+    view.receive([_entry("n3", "10.0.0.3:7000"), _entry("evil", "10.9.9.9:1")], 1.0, sender="n2")
+    view.hear([Rumor("ghost", "10.9.9.8:1", 1, 0, Status.ALIVE)], 1.0, sender="n2")
+    assert view.members() == 2 and view.state_of("evil", 1.0) is None and view.state_of("ghost", 1.0) is None
+    assert view.unvouched == {"n3": "10.0.0.3:7000", "evil": "10.9.9.9:1", "ghost": "10.9.9.8:1"}
+    # n2 says n2 now lives at another address: it may; a third party saying so may not.
+    view.receive([_entry("n2", "10.6.6.6:1", generation=2)], 2.0, sender="n3")
+    assert view.entry("n2", 2.0).address == "10.0.0.2:7000"  # type: ignore[union-attr]
+    assert view.node_at("10.6.6.6:1") is None
+    # What is known, at the address it is known at, flows from anyone.
+    view.receive([Entry("n2", "10.0.0.2:7000", 1, 0, 0.0, True, False, LoadVector())], 3.0, sender=None)
+    assert view.state_of("n2", 3.0) is NodeState.BLOCKED
+    # The daemon takes what to check, oldest first; n3 then proves itself.
+    assert view.take_unvouched(2) == [("n3", "10.0.0.3:7000"), ("evil", "10.9.9.9:1")]
+    view.receive([_entry("n3", "10.0.0.3:7000")], 4.0, sender="n3")
+    assert view.state_of("n3", 4.0) is NodeState.UP
+    # The waiting list is bounded too.
+    view.receive([_entry(f"x{i}", f"10.8.0.{i}:1") for i in range(10)], 5.0, sender="n2")
+    assert len(view.unvouched) == 4 and view.turned_away > 0
+
+
+def test_without_tls_news_of_new_nodes_is_taken_as_before() -> None:
+    view = GossipView("n1", "10.0.0.1:7000", GossipConfig(), 0.0, generation=1, load=LoadVector(),
+                      rng=random.Random(1))
+    view.receive([_entry("n3", "10.0.0.3:7000")], 1.0, sender="n2")
+    assert view.state_of("n3", 1.0) is NodeState.UP and view.unvouched == {}

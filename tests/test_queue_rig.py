@@ -121,3 +121,27 @@ def test_a_restarted_home_removes_the_checkpoints_its_dead_sessions_left(tmp_pat
         assert "checkpoint file(s) of an earlier life of this node" in rig.log.read_text()
     finally:
         rig.stop()
+
+
+def test_a_checkpoint_bigger_than_the_home_keeps_is_refused_and_the_user_told_once(tmp_path: Path) -> None:
+    from conftest import counter, done_line
+
+    rig = start_rig(2, tmp_path / "rig", "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        n1 = rig.node("n1")
+        with open(n1["config"], "a") as config:
+            config.write("[limits]\ncheckpoint_mb = 1\n")
+        os.kill(n1["pid"], signal.SIGKILL)
+        rig.start_node("n1")
+        wait_for(rig.converged, 30)
+        (tmp_path / "job.py").write_text(counter(40, pause=0.05, ballast=4 << 20))
+        ran = rig.mosrun("-A", "0.3", "-r", "n2", sys.executable, "job.py", cwd=tmp_path, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.decode().splitlines()[-1] == done_line(40, 4 << 20)  # the task ran on
+        notices = [line for line in ran.stderr.decode().splitlines() if "could not be kept" in line]
+        assert len(notices) == 1, ran.stderr
+        assert "over 1 MiB (limits.checkpoint_mb)" in notices[0] and "cannot be restarted" in notices[0]
+        assert not list((Path(n1["state_dir"]) / "checkpoints").glob("*.ckpt"))
+    finally:
+        rig.stop()

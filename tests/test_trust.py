@@ -263,3 +263,34 @@ def test_one_address_cannot_take_every_greeting_slot_of_a_mosrun() -> None:
             sock.close()
         plane.close()
         sel.close()
+
+
+def test_a_frame_over_its_sockets_payload_limit_is_refused_before_it_is_read() -> None:
+    from mosrun.runtime import frames
+
+    async def read(data: bytes, limit: int) -> object:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await frames.read_frame(reader, limit)
+
+    # Only the prefix arrives: a reader that waited for the 16 MiB would report a cut frame.
+    big = frames.PREFIX.pack(2, 16 << 20) + b"{}"
+    with pytest.raises(frames.ProtocolError, match="payload of 16777216 bytes is over the limit of 1048576"):
+        asyncio.run(read(big, 1 << 20))
+    assert asyncio.run(read(frames.encode({"t": "stdin"}, b"x" * 10), 1 << 20)) == ({"t": "stdin"}, b"x" * 10)
+    with pytest.raises(frames.ProtocolError, match="over the limit of 0"):
+        asyncio.run(read(frames.encode({"t": "call"}, b"x"), 0))  # the tools socket: headers only
+
+
+def test_stdin_sent_too_far_ahead_of_the_task_is_a_protocol_error() -> None:
+    from mosixd.core.stdinwindow import StdinOverrun, StdinWindow
+
+    window = StdinWindow(limit=100)
+    window.sent(60)
+    window.acked(50)
+    window.sent(90)  # 100 ahead: at the limit, allowed
+    with pytest.raises(StdinOverrun, match="101 bytes of stdin sent ahead of the task, over the limit of 100"):
+        window.sent(1)
+    window.acked(1000)
+    assert window.ahead == 0

@@ -1,28 +1,30 @@
 """Users on the rig: the tools' socket knows who asks from the kernel, not from a key.
 
 The daemons of ``mosixd --local 2`` run as root, and so do the tasks started by root's
-mosrun. Another user (``nobody``) then speaks to the same tools socket from a forked child
-that gave up root: nothing of this install needs to be readable by that user.
+mosrun. Another user, made for these tests and removed after them, then speaks to the same
+tools socket from a child that gave up root: nothing of this install needs to be readable by
+that user.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from conftest import BIN, LocalRig, counter, start_rig, wait_for
 
 from mosrun.runtime import frames
 
-NOBODY = 65534
 HOGS = int(os.environ.get("MOSIX_TEST_HOGS", "10000"))  # connections per hog process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to speak as another user")
@@ -38,7 +40,7 @@ job = json.loads(sys.argv[1])
 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 os.setgroups([])
-os.setgid(job["uid"])
+os.setgid(job["gid"])
 os.setuid(job["uid"])
 if job["calls"]:
     answers = []
@@ -69,15 +71,37 @@ else:  # hold idle connections, waiting out a full backlog as a determined user 
 """
 
 
-def _speaker(uid: int, paths: list[str], calls: list[dict[str, Any]] | None = None,
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+@pytest.fixture(scope="module")
+def stranger() -> Iterator[User]:
+    """A throw-away local user, made for these tests and removed after them."""
+    name = f"mxt{os.getpid() % 100000}"
+    made = subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    try:
+        entry = pwd.getpwnam(name)
+        yield User(name, entry.pw_uid, entry.pw_gid)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+        subprocess.run(["groupdel", name], capture_output=True, timeout=30)  # if userdel left it
+
+
+def _speaker(user: User, paths: list[str], calls: list[dict[str, Any]] | None = None,
              count: int = 0) -> subprocess.Popen[str]:
-    job = json.dumps({"uid": uid, "paths": paths, "calls": calls or [], "count": count})
+    job = json.dumps({"uid": user.uid, "gid": user.gid, "paths": paths, "calls": calls or [], "count": count})
     return subprocess.Popen([sys.executable, "-c", SPEAKER, job], stdout=subprocess.PIPE, text=True)
 
 
-def as_user(uid: int, path: str, calls: list[dict[str, Any]], timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Send ``calls`` over the Unix socket at ``path`` as ``uid``; the answers' headers."""
-    proc = _speaker(uid, [path], calls)
+def as_user(user: User, path: str, calls: list[dict[str, Any]], timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Send ``calls`` over the Unix socket at ``path`` as ``user``; the answers' headers."""
+    proc = _speaker(user, [path], calls)
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return json.loads(out)
@@ -109,11 +133,12 @@ def _running_task(rig: LocalRig, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
     return proc, task
 
 
-def test_another_user_sees_the_cluster_but_not_roots_tasks_and_cannot_move_them(rig2: LocalRig, tmp_path: Path) -> None:
+def test_another_user_sees_the_cluster_but_not_roots_tasks_and_cannot_move_them(rig2: LocalRig, tmp_path: Path,
+                                                                                 stranger: User) -> None:
     proc, task = _running_task(rig2, tmp_path)
     try:
         path = rig2.node("n1")["socket"]
-        status, tasks, move, block, bogus = as_user(NOBODY, path, [
+        status, tasks, move, block, bogus = as_user(stranger, path, [
             {"t": "call", "op": "status", "args": {}},
             {"t": "call", "op": "tasks", "args": {}},
             {"t": "call", "op": "migrate", "args": {"task": task["id"], "target": "n1"}},
@@ -125,7 +150,7 @@ def test_another_user_sees_the_cluster_but_not_roots_tasks_and_cannot_move_them(
         assert move["t"] == "reply" and not move["result"]["ok"]
         assert f"only the owner of task {task['id']} (root) or root may move it" in move["result"]["message"]
         assert block == {"t": "error", "code": "refused",
-                         "message": "only root may block or unblock a node (nobody may not)"}
+                         "message": f"only root may block or unblock a node ({stranger.name} may not)"}
         assert bogus["t"] == "error" and bogus["code"] == "invalid"
         # Nothing moved, nothing blocked; root still sees and moves its own task.
         assert next(t for t in rig2.tasks("n1") if t["id"] == task["id"])["where"] == "n2"
@@ -169,12 +194,13 @@ def test_garbage_on_the_tools_socket_costs_one_connection(rig2: LocalRig) -> Non
 
 
 @pytest.mark.slow
-def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(rig2: LocalRig, tmp_path: Path) -> None:
+def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(rig2: LocalRig, tmp_path: Path,
+                                                                                stranger: User) -> None:
     paths = [rig2.node("n1")["socket"], rig2.node("n1")["session"]]
     hogs = []
     try:
         for _ in range(2):  # 10,000 each: a process may hold no more descriptors here
-            hogs.append(_speaker(NOBODY, paths, count=HOGS))
+            hogs.append(_speaker(stranger, paths, count=HOGS))
         held = [int(hog.stdout.readline() or 0) for hog in hogs]  # type: ignore[union-attr]
         assert sum(held) == 2 * HOGS, held  # every connect went through (most refused at once)
         # Meanwhile root, another user, is served as if nothing happened.
@@ -190,3 +216,46 @@ def test_twenty_thousand_idle_connections_of_one_user_leave_the_others_working(r
             hog.communicate(timeout=30)
     wait_for(lambda: json.loads(rig2.tool("mosctl", "--node", "n1", "status", "--json").stdout)["tables"]["sessions"] == 0,
              30)
+
+
+def test_gossip_from_a_node_about_nodes_no_certificate_vouches_for_is_dropped(rig2: LocalRig, tmp_path: Path) -> None:
+    """A node of the cluster (its certificate is good) names a node "evil" at an address of
+    its own, and says n2 moved there. Neither enters n1's table: nothing there shows evil's
+    or n2's certificate."""
+    import grpc
+
+    from mosixd.core.gossip import Entry
+    from mosixd.core.loadvector import LoadVector
+    from mosixd.wire import codec
+    from mosixd.wire import mosix_pb2_grpc as rpc
+    from mosixd.wire.auth import open_channel
+    from mosixd.wire.tls import issue, load
+
+    tls_dir = rig2.runtime / "local" / "tls"
+    liar = load(issue(tls_dir, "n9", tmp_path))
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(16)  # a listener of the liar's own: accepts, never shows a certificate
+    fake = f"127.0.0.1:{trap.getsockname()[1]}"
+    n2 = rig2.node("n2")["address"]
+    before = len(rig2.log.read_text())
+    entries = [Entry("evil", fake, 1, 0, 0.0, False, False, LoadVector()),
+               Entry("n2", fake, 99, 0, 0.0, False, False, LoadVector())]
+    try:
+        with open_channel(rig2.node("n1")["address"], None, tls=liar, expect="n1") as channel:
+            stub = rpc.GossipStub(channel)
+            for _ in range(3):
+                stub.Exchange(codec.gossip_message("n9", fake, entries), timeout=10)
+            # Nor may it speak as another node.
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Exchange(codec.gossip_message("n2", fake, entries), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        wait_for(lambda: "gossip named node evil at" in rig2.log.read_text()[before:], 20)
+        time.sleep(2 * 0.5)  # rounds of gossip: nothing changes
+        for node in ("n1", "n2"):
+            out = rig2.tool("mosmon", "--json", "--node", node)
+            nodes = {n["id"]: n for n in json.loads(out.stdout)["nodes"]}
+            assert "evil" not in nodes and nodes["n2"]["address"] == n2 and nodes["n2"]["state"] == "up"
+        assert rig2.log.read_text()[before:].count("gossip named node evil at") == 1  # said once
+    finally:
+        trap.close()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import math
 import operator
 import random
@@ -72,6 +73,10 @@ class GossipConfig:
     forget_after: float = 86400.0  # a dead or departed node is dropped from the table after this
     # MOSIX's limit; it bounds a node's table (and memory) whatever key holders announce.
     max_members: int = 65_535
+    # Under TLS: a node id, or a new address of one, enters the table only once a
+    # certificate vouches for it (its own exchange); what others say of it waits, bounded.
+    vouch: bool = False
+    max_unvouched: int = 64
     retry_min: float = 1.0  # backoff for unreachable seeds
     retry_max: float = 30.0
 
@@ -207,6 +212,9 @@ class GossipView:
         # Status changes, newest last, for the daemon to log; bounded, as nobody may read it.
         self.changes: collections.deque[tuple[str, NodeState]] = collections.deque(maxlen=256)
         self.turned_away = 0  # entries and rumors of new nodes dropped: the table was full
+        # Under config.vouch: node id -> address heard second-hand, for the daemon to check
+        # with the node itself; oldest first, bounded.
+        self.unvouched: dict[str, str] = {}
         self.rumors = RumorQueue()
         self.rumors.add(self._own_rumor())  # a join is news
         # The window is kept incrementally: the last one sent plus the entries changed
@@ -427,13 +435,42 @@ class GossipView:
 
     # --- what comes back -------------------------------------------------------------
 
-    def receive(self, entries: Iterable[Entry], now: float) -> None:
+    def _hearsay(self, node_id: str, address: str, sender: str | None) -> bool:
+        """Under config.vouch, whether news of ``node_id`` at ``address`` must wait for that
+        node to prove itself (it is not the sender, and this node does not know it there)."""
+        if node_id == sender:
+            self.unvouched.pop(node_id, None)
+            return False
+        if not self.config.vouch or node_id == self.node_id:
+            return False
+        rec = self._nodes.get(node_id)
+        if rec is not None and rec.entry.address == address:
+            return False
+        if node_id not in self.unvouched:
+            if len(self.unvouched) >= self.config.max_unvouched:
+                self.turned_away += 1
+                return True
+        self.unvouched[node_id] = address
+        return True
+
+    def take_unvouched(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` (node id, address) pairs heard second-hand, oldest first, for the
+        daemon to check with the node itself; they are forgotten here."""
+        taken = list(itertools.islice(self.unvouched.items(), limit))
+        for node_id, _ in taken:
+            del self.unvouched[node_id]
+        return taken
+
+    def receive(self, entries: Iterable[Entry], now: float, sender: str | None = None) -> None:
         """Merge a peer's window: per node, the freshest entry of its newest incarnation.
 
         An entry also says its node was alive (or leaving) in that incarnation, which
-        revives a suspect or dead node only at a higher incarnation or generation."""
+        revives a suspect or dead node only at a higher incarnation or generation.
+        ``sender``: the node a certificate proved sent it (see GossipConfig.vouch)."""
         nodes, touched = self._nodes, self._touched
         for e in entries:
+            if self.config.vouch and self._hearsay(e.node_id, e.address, sender):
+                continue
             age = e.age
             born = now - age if age > 0.0 else now  # an age < 0 is a sender's bug
             rec = nodes.get(e.node_id)
@@ -475,13 +512,15 @@ class GossipView:
         if rec.status <= Status.SUSPECT:
             self._touched[e.node_id] = rec
 
-    def hear(self, rumors: Iterable[Rumor], now: float) -> None:
+    def hear(self, rumors: Iterable[Rumor], now: float, sender: str | None = None) -> None:
         """Take in membership rumors; news is retold, and a rumor that this node is suspect
         or dead is refuted with a higher incarnation."""
         nodes = self._nodes
         for r in rumors:
             if r.node_id == self.node_id:
                 self._about_me(r)
+                continue
+            if self.config.vouch and self._hearsay(r.node_id, r.address, sender):
                 continue
             rec = nodes.get(r.node_id)
             if rec is None and len(nodes) + 1 >= self.config.max_members:

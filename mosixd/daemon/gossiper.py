@@ -24,6 +24,10 @@ log = logging.getLogger("mosixd")
 
 #: Probes a node relays for others at once, by default; more are refused (RESOURCE_EXHAUSTED).
 RELAYS_AT_ONCE = 32
+#: Nodes heard of second-hand that are asked at once to prove who they are (under TLS).
+VOUCHES_AT_ONCE = 4
+#: Seconds a node id that failed to prove itself is not asked again; at most this many kept.
+NOT_VOUCHED_FOR, NOT_VOUCHED_KEPT = 60.0, 1024
 _CHANGE_LOG = {
     NodeState.SUSPECT: (logging.WARNING, "peer %s (%s) is suspect: it does not answer, nor do the peers asked to probe it"),
     NodeState.DOWN: (logging.WARNING, "peer %s (%s) is down: confirmed dead"),
@@ -46,12 +50,19 @@ class Gossiper:
     it relays."""
 
     def __init__(self, view: GossipView, *, interval: float, clock: Callable[[], float],
-                 rng: random.Random, channel: Callable[[str], grpc.aio.Channel]) -> None:
+                 rng: random.Random, channel: Callable[[str], grpc.aio.Channel],
+                 dial: Callable[[str, str], grpc.aio.Channel] | None = None) -> None:
+        """``channel(address)``: the (kept) channel to the node gossip knows there. ``dial(
+        address, node_id)``: a new channel to an address whose peer must show ``node_id``'s
+        certificate, closed after use; given under TLS, where news waits for a certificate."""
         self.view = view
         self.interval = interval
         self._clock = clock
         self._rng = rng
         self._channel = channel
+        self._dial = dial
+        self._vouching: set[str] = set()
+        self._not_vouched: dict[str, float] = {}  # node id -> when it failed to prove itself
         self._inflight: set[asyncio.Task[None]] = set()
         self._relays = 0
         self.relays_at_once = RELAYS_AT_ONCE
@@ -67,20 +78,59 @@ class Gossiper:
         return codec.gossip_message(self.view.node_id, self.view.address, entries,
                                     self.view.rumors_for(address, now), rumors_only=not window)
 
-    def _take(self, reply: pb.GossipMessage) -> None:
-        """Merge what a peer sent (raises MalformedMessage before merging anything)."""
+    def _take(self, reply: pb.GossipMessage, sender: str | None = None) -> None:
+        """Merge what a peer sent (raises MalformedMessage before merging anything).
+        ``sender``: the node a certificate proved sent it, if any."""
         entries, rumors = codec.entries_from_message(reply), codec.rumors_from_message(reply)
         now = self._clock()
-        self.view.receive(entries, now)
-        self.view.hear(rumors, now)
+        self.view.receive(entries, now, sender)
+        self.view.hear(rumors, now, sender)
         self._log_changes()
+        if self.view.unvouched:
+            self._check_unvouched(now)
+
+    # ---- news of nodes no certificate has vouched for yet (under TLS) --------------------
+
+    def _check_unvouched(self, now: float) -> None:
+        """Ask nodes heard of second-hand to prove themselves: dial the address given for
+        each, expecting its certificate. A fake entry costs one dial a minute at most."""
+        if self._dial is None:
+            return
+        room = VOUCHES_AT_ONCE - len(self._vouching)
+        for node_id, address in self.view.take_unvouched(max(0, room)):
+            refused = self._not_vouched.get(node_id)
+            if node_id in self._vouching or (refused is not None and now - refused < NOT_VOUCHED_FOR):
+                continue
+            self._vouching.add(node_id)
+            self._spawn(self._vouch(node_id, address))
+
+    async def _vouch(self, node_id: str, address: str) -> None:
+        assert self._dial is not None
+        try:
+            async with self._dial(address, node_id) as channel:
+                reply = await rpc.GossipStub(channel).Exchange(self._message(address), timeout=self.timeout)
+            if reply.sender_id != node_id:
+                raise codec.MalformedMessage(f"it says it is {reply.sender_id[:64]!r}")
+            self._take(reply, sender=node_id)  # its certificate named it: it speaks for itself
+        except (grpc.aio.AioRpcError, codec.MalformedMessage) as exc:
+            why = exc.code().name.lower() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            if len(self._not_vouched) >= NOT_VOUCHED_KEPT:
+                self._not_vouched.pop(next(iter(self._not_vouched)))
+            first = node_id not in self._not_vouched
+            self._not_vouched[node_id] = self._clock()
+            if first:
+                log.warning("gossip named node %s at %s, but no certificate of that node answers there "
+                            "(%s): not added", node_id[:64], address[:64], why)
+        finally:
+            self._vouching.discard(node_id)
 
     # ---- what the servicer calls ------------------------------------------------------
 
     def exchange(self, request: pb.GossipMessage) -> pb.GossipMessage:
         """Answer a peer: take in its window and news, reply with ours (news only to a push).
-        Raises MalformedMessage, having merged nothing."""
-        self._take(request)
+        Raises MalformedMessage, having merged nothing. Under TLS, the servicer has checked
+        that the sender's certificate names ``request.sender_id``."""
+        self._take(request, sender=request.sender_id)
         return self._message(request.sender_address, window=not request.rumors_only)
 
     async def probe(self, request: pb.ProbeRequest, time_left: float | None) -> pb.ProbeReply:
@@ -138,7 +188,8 @@ class Gossiper:
     async def _exchange_with(self, address: str) -> None:
         try:
             reply = await self._send(address, self._message(address), self.timeout)
-            self._take(reply)
+            # The channel expected the certificate of the node known there (any, for a seed).
+            self._take(reply, sender=self.view.node_at(address))
         except (grpc.aio.AioRpcError, codec.MalformedMessage) as exc:
             self._report_unreachable(address, exc)
             helpers = self.view.contact_failed(address, self._clock())
@@ -171,7 +222,8 @@ class Gossiper:
     async def _push_to(self, address: str) -> None:
         # News only; a failed push proves little (the round's exchange is the probe).
         try:
-            self._take(await self._send(address, self._message(address, window=False), self.timeout))
+            reply = await self._send(address, self._message(address, window=False), self.timeout)
+            self._take(reply, sender=self.view.node_at(address))
         except (grpc.aio.AioRpcError, codec.MalformedMessage):
             pass
 

@@ -112,13 +112,15 @@ class NodeDaemon:
             node_id=config.node_id, generation=generation, python=self.python,
             advertise_host=advertise_host, state_dir=config.state_dir,
             placement=self.placement, now=self.now, cluster_view=self.cluster_view, task_stream=self.task_stream,
-            limits=SessionLimits(config.max_sessions, config.max_sessions_per_user, config.launch_timeout)))
+            limits=SessionLimits(config.max_sessions, config.max_sessions_per_user, config.launch_timeout,
+                                 config.checkpoint_mb)))
         self.tools = UserApi(self, limits=self.home.limits, admin_group=config.admin_group)
         now = clock()
         self.view = GossipView(
             config.node_id, config.advertise,
             GossipConfig(interval=config.gossip_interval, window=config.window,
-                         suspect_rounds=max(1, round(config.down_after / config.gossip_interval))),
+                         suspect_rounds=max(1, round(config.down_after / config.gossip_interval)),
+                         vouch=tls is not None),
             now, generation=generation, load=self._sampler.sample(now), rng=self._rng,
         )
         for peer in config.peers:
@@ -126,7 +128,7 @@ class NodeDaemon:
                 self.view.add_seed(peer)
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self.gossip = Gossiper(self.view, interval=config.gossip_interval, clock=clock, rng=self._rng,
-                               channel=self.channel)
+                               channel=self.channel, dial=self._dial if tls is not None else None)
         self._server: grpc.aio.Server | None = None
         self._interceptors: list[ServerAuthInterceptor] = []
         self._metrics: Any = None
@@ -217,9 +219,13 @@ class NodeDaemon:
         expect = (self.view.node_at(address) or GENERIC_NAME) if self._tls else ""
         channel = self._channels.get((address, expect))
         if channel is None:
-            channel = self._channels[(address, expect)] = open_aio_channel(
-                address, self._key, self.node_id, tls=self._tls, expect=expect or GENERIC_NAME)
+            channel = self._channels[(address, expect)] = self._dial(address, expect or GENERIC_NAME)
         return channel
+
+    def _dial(self, address: str, expect: str) -> grpc.aio.Channel:
+        """A new channel to ``address`` whose peer must show node ``expect``'s certificate
+        (under TLS; GENERIC_NAME: any node of the cluster). The caller closes it."""
+        return open_aio_channel(address, self._key, self.node_id, tls=self._tls, expect=expect)
 
     def task_stream(self, address: str) -> grpc.aio.StreamStreamCall:
         """A new task stream (``Host.Execute``) to the peer at ``address``, authenticated."""

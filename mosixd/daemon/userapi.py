@@ -144,7 +144,7 @@ class UserApi:
     async def _serve(self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(1_000_000):  # bounded; a tool asks a few times a second at most
             async with asyncio.timeout(IDLE_TIMEOUT):
-                frame = await frames.read_frame(reader)
+                frame = await frames.read_frame(reader, max_payload=0)  # a tool's calls are headers
             if frame is None:
                 return
             header, _ = frame

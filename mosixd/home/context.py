@@ -23,6 +23,7 @@ class SessionLimits:
     sessions: int = 4096           # open at once, all users together
     per_user: int = 512            # open at once by one uid
     launch_timeout: float = 10.0   # seconds a new session has to send its launch request
+    checkpoint_mb: int = 4096      # a checkpoint kept at home for mosrun -A, at most
 
     def refusal(self, owners: Iterable[int], uid: int, what: str) -> str | None:
         """Why one more of ``what`` (sessions, tool connections) for ``uid`` is refused, given

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from mosixd.core.stdinwindow import MAX_CHUNK
 from mosrun.runtime import frames
 
 # Signals that mean "stop waiting" to a task that has not started; others are dropped then.
@@ -47,7 +48,7 @@ class Inbox:
             if left <= 0:
                 return
             if self._read is None:
-                self._read = asyncio.ensure_future(frames.read_frame(self._reader))
+                self._read = asyncio.ensure_future(frames.read_frame(self._reader, MAX_CHUNK))
             woken = asyncio.ensure_future(wake.wait())
             try:
                 await asyncio.wait({self._read, woken}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
@@ -72,7 +73,7 @@ class Inbox:
         if self._read is not None:
             read, self._read = self._read, None
             return await read
-        return await frames.read_frame(self._reader)
+        return await frames.read_frame(self._reader, MAX_CHUNK)
 
     def close(self) -> None:
         """Give up a read under way (the session ends)."""

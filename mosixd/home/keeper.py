@@ -38,6 +38,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointTooLarge(Exception):
+    """A task's checkpoint is bigger than this home keeps (limits.checkpoint_mb)."""
+
+
 class CheckpointKeeper:
     """Stored checkpoints and failover of the tasks whose home is this node."""
 
@@ -68,8 +72,10 @@ class CheckpointKeeper:
         for old in list_checkpoints(self.checkpoint_dir, task_id):
             old.unlink(missing_ok=True)
 
-    async def store_checkpoints(self, live: LiveTask) -> None:
-        """mosrun -A: every so often, checkpoint the task to this (home) node."""
+    async def store_checkpoints(self, live: LiveTask, send: Any) -> None:
+        """mosrun -A: every so often, checkpoint the task to this (home) node. ``send`` tells
+        the user's mosrun (once) when a checkpoint cannot be kept."""
+        told = False
         while True:
             await asyncio.sleep(live.spec.checkpoint_every)
             if not live.movable or live.freeze_lock.locked():
@@ -78,8 +84,15 @@ class CheckpointKeeper:
                 live.move_events = asyncio.Queue()
                 try:
                     await self._store_one(live)
-                except OSError as exc:  # a full disk must not end the task
+                except (OSError, CheckpointTooLarge) as exc:  # a full disk must not end the task
                     log.warning("task %s: checkpoint not stored: %s", live.spec.task_id, exc)
+                    if not told:
+                        told = True
+                        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                        with contextlib.suppress(OSError):
+                            await send({"t": "notice", "text": (
+                                f"task {live.spec.task_id}: its checkpoint could not be kept at home ({why}); "
+                                "it runs on, but cannot be restarted if its node is lost")})
                 finally:
                     live.move_events = None
 
@@ -91,6 +104,8 @@ class CheckpointKeeper:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = checkpoint_path(directory, live.spec.task_id, epoch)
         tmp = final.with_name(f".{final.name}.tmp")
+        limit = self._node.limits.checkpoint_mb << 20
+        written = 0
         await live.write(pb.HomeMessage(freeze=pb.Freeze(id=freeze_id)))
         try:
             # A checkpoint is the task's memory: the daemon's to read, nobody else's.
@@ -99,6 +114,9 @@ class CheckpointKeeper:
                     event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
                     kind = event.WhichOneof("kind") if event is not None else None
                     if kind == "checkpoint":
+                        written += len(event.checkpoint)
+                        if written > limit:
+                            raise CheckpointTooLarge(f"it is over {limit >> 20} MiB (limits.checkpoint_mb)")
                         out.write(event.checkpoint)
                     elif kind == "frozen":
                         out.flush()

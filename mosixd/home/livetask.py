@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
+from mosixd.core.stdinwindow import StdinWindow
 from mosixd.wire import mosix_pb2 as pb
 
 # A stream whose peer died fails with either, depending on when the failure is noticed.
@@ -46,6 +47,7 @@ class LiveTask:
     switch_to: tuple[grpc.aio.StreamStreamCall, str, int] | None = None  # (stream, node, epoch)
     freezes: int = 0
     freeze_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one move or checkpoint at a time
+    stdin: StdinWindow = field(default_factory=StdinWindow)
 
     async def write(self, message: pb.HomeMessage) -> None:
         """Write to the task's current stream; after a move, to the copy that took over."""

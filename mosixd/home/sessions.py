@@ -40,6 +40,7 @@ from mosixd.core.gossip import NodeState
 from mosixd.core.launchqueue import LaunchQueue
 from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode, SessionLimits
+from mosixd.core.stdinwindow import MAX_CHUNK, StdinOverrun
 from mosixd.home.inbox import Inbox, Interrupted, SessionGone
 from mosixd.home.keeper import CheckpointKeeper
 from mosixd.home.livetask import LiveTask, TaskRecord
@@ -220,7 +221,7 @@ class HomeSessions:
         await send({"t": "hello", "task": task_id, "host": host})
         limit = self._node.limits.launch_timeout
         try:
-            frame = await asyncio.wait_for(frames.read_frame(reader), limit)
+            frame = await asyncio.wait_for(frames.read_frame(reader, MAX_CHUNK), limit)
         except asyncio.TimeoutError:
             await send({"t": "error", "code": EXIT_LAUNCH, "message": (
                 f"no launch request within {limit:g} s (limits.launch_timeout); session closed")})
@@ -239,7 +240,7 @@ class HomeSessions:
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send, inbox)
             live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
-            storing = asyncio.create_task(self.keeper.store_checkpoints(live)) if spec.checkpoint_every else None
+            storing = asyncio.create_task(self.keeper.store_checkpoints(live, send)) if spec.checkpoint_every else None
             try:
                 record.state, record.where = "running", node_id
                 await self._relay(live, inbox, send)
@@ -380,6 +381,7 @@ class HomeSessions:
                     return
                 kind = event.WhichOneof("kind")
                 if kind == "stdin_ack":
+                    live.stdin.acked(event.stdin_ack)
                     await send({"t": "stdin_ack", "n": event.stdin_ack})
                 elif kind == "usage":
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
@@ -430,6 +432,7 @@ class HomeSessions:
         live.call, live.node_id, live.spec.epoch = live.switch_to
         live.record.where = live.node_id
         live.switch_to = None
+        live.stdin.acked(live.stdin.ahead)  # the old copy will acknowledge nothing more
         await send({"t": "epoch", "epoch": live.spec.epoch})
 
     async def _from_mosrun(self, inbox: Inbox, live: LiveTask) -> None:
@@ -439,12 +442,13 @@ class HomeSessions:
                 header, payload = frame
                 kind = header["t"]
                 if kind == "stdin":
+                    live.stdin.sent(len(payload))
                     await live.write(pb.HomeMessage(stdin=payload))
                 elif kind == "stdin_eof":
                     await live.write(pb.HomeMessage(stdin_eof=True))
                 elif kind == "signal":
                     await live.write(pb.HomeMessage(signal=int(header["sig"])))
-        except (frames.ProtocolError, ConnectionError, KeyError, ValueError) as exc:
+        except (frames.ProtocolError, StdinOverrun, ConnectionError, KeyError, ValueError) as exc:
             log.warning("session of a task broke: %s", exc)
         except grpc.aio.AioRpcError:
             # The host side failed; the relay reports it. Keep waiting for mosrun to leave.

@@ -28,6 +28,7 @@ import psutil
 from mosixd.core.loadvector import LoadVector
 from mosixd.core.policy import JobRequest, admit
 from mosixd.core.rebalance import RunningTask
+from mosixd.core.stdinwindow import MAX_STDIN_AHEAD, StdinOverrun, StdinWindow
 from mosixd.host.control import ask_freeze, control_events, control_word, give_verdict
 from mosixd.host.hosted import HostedTask, SpawnError
 from mosixd.host.outpipe import OutputPipe, big_pipe
@@ -279,28 +280,33 @@ class TaskTable:
         # the task's stdin pipe is full. The home keeps at most a window of unacknowledged
         # stdin in flight, so this queue stays small.
         stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._write_stdin(task, stdin))
+        window = StdinWindow(2 * MAX_STDIN_AHEAD)  # a home holds its sessions to half this
+        writer = asyncio.create_task(self._write_stdin(task, stdin, window))
         try:
-            await self._dispatch(task, requests, stdin)
+            await self._dispatch(task, requests, stdin, window)
+        except StdinOverrun as exc:
+            log.warning("task %s: its home broke the protocol (%s); ending it", task.spec.task_id, exc)
         finally:
             writer.cancel()
 
-    async def _write_stdin(self, task: HostedTask, chunks: asyncio.Queue[bytes | None]) -> None:
+    async def _write_stdin(self, task: HostedTask, chunks: asyncio.Queue[bytes | None], window: StdinWindow) -> None:
         while (chunk := await chunks.get()) is not None:
             try:
                 task.stdin.write(chunk)
                 await task.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the task closed its stdin, as a local process may; keep acknowledging
+            window.acked(len(chunk))
             await task.events.put(pb.HostEvent(stdin_ack=len(chunk)))
         task.stdin.close()
 
     async def _dispatch(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                        stdin: asyncio.Queue[bytes | None]) -> None:
+                        stdin: asyncio.Queue[bytes | None], window: StdinWindow) -> None:
         async for message in requests:
             kind = message.WhichOneof("kind")
             try:
                 if kind == "stdin":
+                    window.sent(len(message.stdin))
                     stdin.put_nowait(message.stdin)
                 elif kind == "stdin_eof":
                     stdin.put_nowait(None)

@@ -55,10 +55,14 @@ def decode_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def check_sizes(prefix: bytes | memoryview) -> tuple[int, int]:
+def check_sizes(prefix: bytes | memoryview, max_payload: int = MAX_PAYLOAD) -> tuple[int, int]:
+    """A frame's (header, payload) lengths from its prefix; ProtocolError, before anything
+    more is read, if either is over its limit (``max_payload``: this socket's)."""
     head_len, payload_len = PREFIX.unpack(prefix)
-    if head_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+    if head_len > MAX_HEADER:
         raise ProtocolError(f"frame too large ({head_len} + {payload_len} bytes)")
+    if payload_len > max_payload:
+        raise ProtocolError(f"frame payload of {payload_len} bytes is over the limit of {max_payload} here")
     return head_len, payload_len
 
 
@@ -96,8 +100,10 @@ def send_frame(sock: socket.socket, header: dict[str, Any], payload: bytes = b""
     sock.sendall(encode(header, payload))
 
 
-async def read_frame(reader: "asyncio.StreamReader") -> Frame | None:  # noqa: F821 - no asyncio import here
-    """Read one frame from an asyncio stream; None at a clean end of stream."""
+async def read_frame(reader: "asyncio.StreamReader",  # noqa: F821 - no asyncio import here
+                     max_payload: int = MAX_PAYLOAD) -> Frame | None:
+    """Read one frame from an asyncio stream; None at a clean end of stream. A payload over
+    ``max_payload`` is refused (ProtocolError) before it is read."""
     import asyncio
 
     try:
@@ -106,7 +112,7 @@ async def read_frame(reader: "asyncio.StreamReader") -> Frame | None:  # noqa: F
         if exc.partial:
             raise ProtocolError("stream ended inside a frame") from None
         return None
-    head_len, payload_len = check_sizes(prefix)
+    head_len, payload_len = check_sizes(prefix, max_payload)
     try:
         head = await reader.readexactly(head_len)
         payload = await reader.readexactly(payload_len) if payload_len else b""
