@@ -98,7 +98,8 @@ def test_a_dead_node_is_confirmed_by_every_live_node(n: int, data: st.DataObject
         sim.step()
     assert all(sim.state(o, v) is NodeState.DOWN for o in survivors for v in victims)
     assert {r.node_id for r in told if r.status is Status.DEAD} <= set(victims)  # nobody else
-    assert all(sim.state(o, x) is NodeState.UP for o in survivors for x in survivors if o != x)
+    # Under loss a survivor may be suspect for a moment (it refutes); never down.
+    assert all(sim.state(o, x) in (NodeState.UP, NodeState.SUSPECT) for o in survivors for x in survivors if o != x)
 
 
 @PROPERTY

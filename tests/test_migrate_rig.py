@@ -398,3 +398,57 @@ def test_without_checkpoints_the_loss_is_reported(tmp_path: Path) -> None:
         assert stderr.decode().splitlines()[-1].startswith("mosrun: node n2 running task n1.")
     finally:
         rig.stop()
+
+
+STDIN_SUM = """
+    import sys, zlib
+    from mosrun import resumable, safepoint
+
+    state = resumable(lines=0, total=0, crc=0)
+    for line in sys.stdin:
+        state.lines += 1
+        state.total += int(line)
+        state.crc = zlib.crc32(line.encode(), state.crc)
+        if state.lines % 50 == 0:
+            safepoint()
+    print(state.lines, state.total, state.crc)
+"""
+
+
+def test_stdin_from_a_pipe_follows_a_task_moved_three_times(shared_rig3: LocalRig, tmp_path: Path) -> None:
+    """10 MB through a pipe; the task is moved three times as it reads, and neither the bytes
+    in its pipe nor those on their way to it at each move are lost or read twice."""
+    import threading
+
+    write(tmp_path / "job.py", STDIN_SUM)
+    payload = b"".join(b"%d\n" % i for i in range(1_500_000))
+    assert len(payload) >= 10 << 20
+    local = subprocess.run([PY, "job.py"], cwd=tmp_path, input=payload, capture_output=True, timeout=120)
+    proc = subprocess.Popen([str(BIN / "mosrun"), "-r", "n2", PY, "job.py"], cwd=tmp_path, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shared_rig3.env)
+    moved = threading.Event()
+    step = 64 * 1024
+
+    def feed() -> None:  # steadily, until the three moves are done; then the rest at once
+        assert proc.stdin is not None
+        with proc.stdin:
+            for start in range(0, len(payload), step):
+                proc.stdin.write(payload[start:start + step])
+                proc.stdin.flush()
+                if not moved.is_set():
+                    time.sleep(0.03)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        task = running_task(shared_rig3)
+        for where in ("n3", "n1", "n2"):
+            time.sleep(0.3)
+            result = json.loads(migrate(shared_rig3, task["id"], where).stdout)
+            assert result["ok"] and result["node"] == where, result
+    finally:
+        moved.set()
+        feeder.join(timeout=120)
+    proc.stdin = None  # the feeder closed it
+    stdout, stderr = proc.communicate(timeout=180)
+    assert (stdout, stderr, proc.returncode) == (local.stdout, local.stderr, 0)

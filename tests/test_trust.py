@@ -284,7 +284,7 @@ def test_a_frame_over_its_sockets_payload_limit_is_refused_before_it_is_read() -
 
 
 def test_stdin_sent_too_far_ahead_of_the_task_is_a_protocol_error() -> None:
-    from mosixd.core.stdinwindow import StdinOverrun, StdinWindow
+    from mosixd.core.stdinlog import StdinOverrun, StdinWindow
 
     window = StdinWindow(limit=100)
     window.sent(60)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from mosixd.core.stdinwindow import MAX_CHUNK
+from mosixd.core.stdinlog import MAX_CHUNK
 from mosrun.runtime import frames
 
 # Signals that mean "stop waiting" to a task that has not started; others are dropped then.

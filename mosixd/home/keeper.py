@@ -20,7 +20,7 @@ from mosixd.home.context import HomeNode
 from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
 from mosixd.wire import mosix_pb2 as pb
 from mosrun.runtime import transfer
-from mosrun.runtime.checkpoint import checkpoint_path, keep_last, list_checkpoints
+from mosrun.runtime.checkpoint import checkpoint_path, keep_last, list_checkpoints, read_header
 
 log = logging.getLogger("mosixd.home.keeper")
 
@@ -128,6 +128,7 @@ class CheckpointKeeper:
                         return
             os.replace(tmp, final)
             _fsync_dir(directory)
+            live.stdin.pinned = read_header(final).stdin  # a restart reads stdin on from there
             keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
         except TimeoutError:
             log.warning("task %s: checkpoint timed out", live.spec.task_id)
@@ -172,6 +173,7 @@ class CheckpointKeeper:
                 continue
             live.call.cancel()
             live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
+            live.stdin_resume = read_header(latest).stdin  # the caller resends stdin from there
             live.spec.epoch = spec.epoch
             await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} {what}; "
                                                f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})

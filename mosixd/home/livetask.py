@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
-from mosixd.core.stdinwindow import StdinWindow
+from mosixd.core.stdinlog import StdinLog
 from mosixd.wire import mosix_pb2 as pb
 
 # A stream whose peer died fails with either, depending on when the failure is noticed.
@@ -47,7 +47,10 @@ class LiveTask:
     switch_to: tuple[grpc.aio.StreamStreamCall, str, int] | None = None  # (stream, node, epoch)
     freezes: int = 0
     freeze_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one move or checkpoint at a time
-    stdin: StdinWindow = field(default_factory=StdinWindow)
+    # Its stdin by offset; the lock orders what is written to a copy against a switch of copy.
+    stdin: StdinLog = field(default_factory=StdinLog)
+    stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stdin_resume: int | None = None  # where the copy taking over reads on (its checkpoint says)
 
     async def write(self, message: pb.HomeMessage) -> None:
         """Write to the task's current stream; after a move, to the copy that took over."""
@@ -61,6 +64,14 @@ class LiveTask:
                 await self.call.write(message)
             else:
                 raise
+
+    async def write_stdin(self, message: pb.HomeMessage) -> None:
+        """stdin to the current copy only: what a copy on its way out misses is resent to
+        the copy that takes over, from the offset its checkpoint gives."""
+        try:
+            await self.call.write(message)
+        except CALL_ERRORS:
+            pass
 
 
 async def exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,

@@ -145,6 +145,7 @@ class Mover:
                                 else machine.target_started(now))
                 elif isinstance(action, EndSourceCopy) and new_call is not None:
                     live.switch_to = (new_call, target_id, spec.epoch)
+                    live.stdin_resume = handover.stdin_offset
                     await live.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
                 elif isinstance(action, ResumeSource) and frozen_asked:
                     with contextlib.suppress(*CALL_ERRORS):

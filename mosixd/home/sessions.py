@@ -40,7 +40,7 @@ from mosixd.core.gossip import NodeState
 from mosixd.core.launchqueue import LaunchQueue
 from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode, SessionLimits
-from mosixd.core.stdinwindow import MAX_CHUNK, StdinOverrun
+from mosixd.core.stdinlog import MAX_CHUNK, StdinOverrun
 from mosixd.home.inbox import Inbox, Interrupted, SessionGone
 from mosixd.home.keeper import CheckpointKeeper
 from mosixd.home.livetask import LiveTask, TaskRecord
@@ -54,6 +54,7 @@ log = logging.getLogger("mosixd.home.sessions")
 EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
+RESEND_CHUNK = 256 * 1024  # stdin resent to a copy that took over, per message
 
 
 class LaunchError(Exception):
@@ -381,8 +382,9 @@ class HomeSessions:
                     return
                 kind = event.WhichOneof("kind")
                 if kind == "stdin_ack":
-                    live.stdin.acked(event.stdin_ack)
-                    await send({"t": "stdin_ack", "n": event.stdin_ack})
+                    gained = live.stdin.acked(event.stdin_ack)
+                    if gained:
+                        await send({"t": "stdin_ack", "n": gained})
                 elif kind == "usage":
                     record.cpu, record.rss = event.usage.cpu, event.usage.rss
                 elif kind == "movable":
@@ -419,12 +421,12 @@ class HomeSessions:
         checkpoint if it has one (True), else end the session, telling mosrun ``why`` (False)."""
         if await self.keeper.failover(live, send, what):
             await send({"t": "epoch", "epoch": live.spec.epoch})
+            await self._resend_stdin(live, send)
             return True
         await send({"t": "error", "code": EXIT_LOST, "message": why})
         return False
 
-    @staticmethod
-    async def _switch(live: LiveTask, send: Any) -> None:
+    async def _switch(self, live: LiveTask, send: Any) -> None:
         """After a move, once the old copy has ended: follow the new one, and tell mosrun, which
         shows the rest of the old copy's output and then the new one's."""
         assert live.switch_to is not None
@@ -432,8 +434,28 @@ class HomeSessions:
         live.call, live.node_id, live.spec.epoch = live.switch_to
         live.record.where = live.node_id
         live.switch_to = None
-        live.stdin.acked(live.stdin.ahead)  # the old copy will acknowledge nothing more
         await send({"t": "epoch", "epoch": live.spec.epoch})
+        await self._resend_stdin(live, send)
+
+    @staticmethod
+    async def _resend_stdin(live: LiveTask, send: Any) -> None:
+        """The copy that took over reads stdin on from the offset its checkpoint gives: send it
+        what mosrun sent from there, and the end of stdin if it came."""
+        if live.stdin_resume is None:
+            return
+        async with live.stdin_lock:
+            data, lost = live.stdin.resume(live.stdin_resume)
+            live.stdin_resume = None
+            if lost:
+                log.warning("task %s: %d bytes of stdin before its checkpoint's offset are no longer held",
+                            live.spec.task_id, lost)
+                await send({"t": "notice", "text": (
+                    f"task {live.spec.task_id} restarted from a checkpoint older than the stdin its home "
+                    f"still holds: {lost} bytes of stdin it had not read by then are skipped")})
+            for start in range(0, len(data), RESEND_CHUNK):
+                await live.write_stdin(pb.HomeMessage(stdin=data[start:start + RESEND_CHUNK]))
+            if live.stdin.eof:
+                await live.write_stdin(pb.HomeMessage(stdin_eof=True))
 
     async def _from_mosrun(self, inbox: Inbox, live: LiveTask) -> None:
         """stdin and signals from the user's side to the task."""
@@ -442,10 +464,13 @@ class HomeSessions:
                 header, payload = frame
                 kind = header["t"]
                 if kind == "stdin":
-                    live.stdin.sent(len(payload))
-                    await live.write(pb.HomeMessage(stdin=payload))
+                    async with live.stdin_lock:
+                        live.stdin.append(payload)
+                        await live.write_stdin(pb.HomeMessage(stdin=payload))
                 elif kind == "stdin_eof":
-                    await live.write(pb.HomeMessage(stdin_eof=True))
+                    async with live.stdin_lock:
+                        live.stdin.eof = True
+                        await live.write_stdin(pb.HomeMessage(stdin_eof=True))
                 elif kind == "signal":
                     await live.write(pb.HomeMessage(signal=int(header["sig"])))
         except (frames.ProtocolError, StdinOverrun, ConnectionError, KeyError, ValueError) as exc:

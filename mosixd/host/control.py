@@ -39,7 +39,8 @@ async def control_events(task: HostedTask, reader: asyncio.StreamReader,
                 await events.put(pb.HostEvent(sent=pb.Handover(
                     size=int(header["size"]), seconds=float(header.get("seconds", 0.0)),
                     precopy_bytes=int(header.get("precopy_bytes", 0)),
-                    precopy_rounds=int(header.get("precopy_rounds", 0)))))
+                    precopy_rounds=int(header.get("precopy_rounds", 0)),
+                    stdin_offset=int(header.get("stdin", 0)))))
             elif header["t"] == "freeze_failed":
                 await events.put(pb.HostEvent(freeze_failed=str(header.get("reason", "unknown"))))
             elif header["t"] == "checkpoint":

@@ -28,7 +28,7 @@ import psutil
 from mosixd.core.loadvector import LoadVector
 from mosixd.core.policy import JobRequest, admit
 from mosixd.core.rebalance import RunningTask
-from mosixd.core.stdinwindow import MAX_STDIN_AHEAD, StdinOverrun, StdinWindow
+from mosixd.core.stdinlog import KEEP_BEHIND, MAX_STDIN_AHEAD, StdinOverrun, StdinWindow
 from mosixd.host.control import ask_freeze, control_events, control_word, give_verdict
 from mosixd.host.hosted import HostedTask, SpawnError
 from mosixd.host.outpipe import OutputPipe, big_pipe
@@ -280,7 +280,9 @@ class TaskTable:
         # the task's stdin pipe is full. The home keeps at most a window of unacknowledged
         # stdin in flight, so this queue stays small.
         stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        window = StdinWindow(2 * MAX_STDIN_AHEAD)  # a home holds its sessions to half this
+        # A home holds a session to MAX_STDIN_AHEAD, and resends at most KEEP_BEHIND more to a
+        # copy that takes over.
+        window = StdinWindow(2 * (MAX_STDIN_AHEAD + KEEP_BEHIND))
         writer = asyncio.create_task(self._write_stdin(task, stdin, window))
         try:
             await self._dispatch(task, requests, stdin, window)

@@ -244,16 +244,18 @@ class Freeze(_message.Message):
     def __init__(self, id: _Optional[int] = ..., send_to: _Optional[str] = ..., token: _Optional[bytes] = ..., precopy: _Optional[bool] = ...) -> None: ...
 
 class Handover(_message.Message):
-    __slots__ = ("size", "seconds", "precopy_bytes", "precopy_rounds")
+    __slots__ = ("size", "seconds", "precopy_bytes", "precopy_rounds", "stdin_offset")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     PRECOPY_BYTES_FIELD_NUMBER: _ClassVar[int]
     PRECOPY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    STDIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
     size: int
     seconds: float
     precopy_bytes: int
     precopy_rounds: int
-    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ...) -> None: ...
+    stdin_offset: int
+    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ..., stdin_offset: _Optional[int] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("checkpoint_to", "token")

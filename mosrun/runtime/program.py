@@ -18,7 +18,7 @@ import errno
 import os
 import sys
 
-from mosrun.runtime import channel, fileopen, homefile, importer, install, osproxy, proxy, task
+from mosrun.runtime import channel, fileopen, homefile, importer, install, osproxy, proxy, stdin, task
 
 # The runtime's plumbing, removed from the program's environment. MOSIX_TASK_ID,
 # MOSIX_HOME_NODE and MOSIX_NODE stay visible, as they do for non-Python tasks.
@@ -28,7 +28,7 @@ _VISIBLE = ("MOSIX_TASK_ID", "MOSIX_HOME_NODE", "MOSIX_NODE")
 
 # The modules whose frames a traceback never shows: a local run has none of them.
 _PROXY_FILES = frozenset(module.__file__ for module in (
-    sys.modules[__name__], channel, proxy, homefile, fileopen, osproxy, importer, install))
+    sys.modules[__name__], channel, proxy, homefile, fileopen, osproxy, importer, install, stdin))
 
 
 def _die(message: str) -> None:
@@ -188,6 +188,8 @@ def _setup(here: str) -> tuple[dict[str, str], str, str, list[str]]:
     local = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
              os.path.dirname(here), getattr(site, "USER_SITE", None) or ""]
     install.install(channel.Channel(int(fd)), home_cwd, roots, local)
+    if sys.stdin is not None:
+        stdin.install()  # counted, so that a move resumes it where the program left it
     proxy.task_env = env
     if env.get("MOSIX_STDOUT_TTY") == "1" and sys.stdout and not sys.stdout.write_through:
         sys.stdout.reconfigure(line_buffering=True)  # python does this for a terminal

@@ -48,13 +48,14 @@ def resumable(**initial: object) -> ResumableState:
     if _state is not None:
         return _state
     if _restored is not None:
-        from mosrun.runtime import checkpoint
+        from mosrun.runtime import checkpoint, stdin
 
         (data, buffers), _restored = _restored, None
         try:
-            _, _state = checkpoint.loads(data, buffers=buffers, checked=True)
+            header, _state = checkpoint.loads(data, buffers=buffers, checked=True)
             if not isinstance(_state, ResumableState):
                 raise checkpoint.CheckpointError("the checkpoint does not hold a task state")
+            stdin.resume_at(header.stdin)  # the home sends this copy its stdin from there
         except BaseException:
             end_replay()  # the user must see why the restored task failed
             raise
@@ -157,15 +158,16 @@ def _freeze() -> None:
         return  # the task goes on while its state streams; the pre-copy asks for the freeze again
     stopped = time.monotonic()
     _flush()  # everything printed so far reaches home before the checkpoint does
-    from mosrun.runtime import checkpoint, proxy
+    from mosrun.runtime import checkpoint, proxy, stdin
 
     if proxy.chan is not None:
         proxy.chan.settle()  # file writes still in flight reach home before this copy may end
 
     send_to = _send_to
     try:
+        taken = stdin.taken()
         pieces = checkpoint.dumps(_state, task_id=os.environ.get("MOSIX_TASK_ID", ""),
-                                  epoch=int(os.environ.get("MOSIX_EPOCH", "0") or 0) + 1)
+                                  epoch=int(os.environ.get("MOSIX_EPOCH", "0") or 0) + 1, stdin=taken)
     except checkpoint.CheckpointError as exc:
         _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
         return  # the task goes on where it is
@@ -186,7 +188,7 @@ def _freeze() -> None:
         except (transfer.TransferError, OSError) as exc:
             _control.send({"t": "freeze_failed", "id": freeze, "reason": str(exc)})
             return
-        _control.send({"t": "sent", "id": freeze, "size": size, "seconds": time.monotonic() - stopped,
+        _control.send({"t": "sent", "id": freeze, "size": size, "seconds": time.monotonic() - stopped, "stdin": taken,
                        "precopy_bytes": pre.bytes if pre else 0, "precopy_rounds": pre.rounds if pre else 0})
     if _control.verdict(freeze) == "exit":
         _flush()

@@ -50,6 +50,7 @@ class CheckpointHeader:
     checksum: str  # "xxh3:<hex>" or "crc32:<hex>" (older: "sha256:<hex>") of everything after the header
     pickler: str  # "cloudpickle" | "dill" | "pickle"
     kept: tuple[int, ...] = ()  # which buffers are big bytearrays of the state, restored as is
+    stdin: int = 0  # bytes of its stdin the task had taken: a restored copy reads on from there
 
     @property
     def total_size(self) -> int:
@@ -62,7 +63,7 @@ class CheckpointHeader:
         return self.checksum.partition(":")[0]
 
 
-def dumps(state: object, *, task_id: str, epoch: int) -> list[bytes | memoryview]:
+def dumps(state: object, *, task_id: str, epoch: int, stdin: int = 0) -> list[bytes | memoryview]:
     """Pickle ``state`` into checkpoint pieces: the header, the pickle, then each buffer.
 
     Send or write the pieces in order; their concatenation is what ``loads`` reads. Large
@@ -82,7 +83,7 @@ def dumps(state: object, *, task_id: str, epoch: int) -> list[bytes | memoryview
         version=FORMAT_VERSION, python=f"{v.major}.{v.minor}.{v.micro}", task_id=task_id,
         epoch=int(epoch), created=time.time(), payload_size=sum(len(p) for p in pickled.payload),
         buffers=tuple(b.nbytes for b in pickled.buffers), checksum=f"{algorithm}:{summed.hexdigest()}",
-        pickler=pickled.pickler, kept=tuple(pickled.kept))
+        pickler=pickled.pickler, kept=tuple(pickled.kept), stdin=int(stdin))
     text = json.dumps(asdict(header), separators=(",", ":")).encode()
     return [MAGIC + _PREFIX.pack(FORMAT_VERSION, len(text), zlib.crc32(text)) + text,
             *pickled.payload, *pickled.buffers]
@@ -116,7 +117,8 @@ def _parse_header(view: memoryview) -> tuple[CheckpointHeader, int]:
         header = CheckpointHeader(**{**raw, "buffers": tuple(raw.get("buffers", ())),
                                      "kept": tuple(raw.get("kept", ()))})
         ok = (header.version == version and header.pickler in pickling.PICKLERS
-              and all(type(n) is int and n >= 0 for n in (header.payload_size, header.epoch, *header.buffers))
+              and all(type(n) is int and n >= 0
+                      for n in (header.payload_size, header.epoch, header.stdin, *header.buffers))
               and all(type(i) is int and 0 <= i < len(header.buffers) for i in header.kept)
               and isinstance(header.task_id, str) and isinstance(header.checksum, str)
               and isinstance(header.python, str))
