@@ -105,7 +105,7 @@ class CheckpointKeeper:
         final = checkpoint_path(directory, live.spec.task_id, epoch)
         tmp = final.with_name(f".{final.name}.tmp")
         limit = self._node.limits.checkpoint_mb << 20
-        written = 0
+        written, output = 0, None
         await live.write(pb.HomeMessage(freeze=pb.Freeze(id=freeze_id)))
         try:
             # A checkpoint is the task's memory: the daemon's to read, nobody else's.
@@ -113,7 +113,9 @@ class CheckpointKeeper:
                 while True:
                     event = await asyncio.wait_for(live.move_events.get(), FREEZE_TIMEOUT)
                     kind = event.WhichOneof("kind") if event is not None else None
-                    if kind == "checkpoint":
+                    if kind == "written":
+                        output = (event.written.stdout, event.written.stderr)
+                    elif kind == "checkpoint":
                         written += len(event.checkpoint)
                         if written > limit:
                             raise CheckpointTooLarge(f"it is over {limit >> 20} MiB (limits.checkpoint_mb)")
@@ -130,6 +132,10 @@ class CheckpointKeeper:
             _fsync_dir(directory)
             live.stdin.pinned = read_header(final).stdin  # a restart reads stdin on from there
             keep_last(directory, live.spec.task_id, KEEP_CHECKPOINTS)
+            if output is not None:
+                live.output_at[final.name] = output
+            kept = {path.name for path in list_checkpoints(directory, live.spec.task_id)}
+            live.output_at = {name: at for name, at in live.output_at.items() if name in kept}
         except TimeoutError:
             log.warning("task %s: checkpoint timed out", live.spec.task_id)
         finally:
@@ -149,6 +155,9 @@ class CheckpointKeeper:
         spec.CopyFrom(live.spec)
         spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
         spec.incoming_bytes = latest.stat().st_size
+        output = live.output_at.get(latest.name)
+        if output is not None:  # the restored copy's output goes on from there
+            spec.stdout_origin, spec.stderr_origin = output
         job = JobRequest(memory_mb=spec.memory_mb, python=spec.python_version)
         try:
             choices = self._node.placement.rank(self._node.cluster_view(), job, self._node.now(), exclude=[dead])
@@ -174,6 +183,7 @@ class CheckpointKeeper:
             live.call.cancel()
             live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
             live.stdin_resume = read_header(latest).stdin  # the caller resends stdin from there
+            live.output_origin = output  # and tells mosrun which output it has shown already
             live.spec.epoch = spec.epoch
             await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} {what}; "
                                                f"restarted on {choice.node_id} from its checkpoint of {stored_at}"})

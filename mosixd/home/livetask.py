@@ -51,6 +51,10 @@ class LiveTask:
     stdin: StdinLog = field(default_factory=StdinLog)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stdin_resume: int | None = None  # where the copy taking over reads on (its checkpoint says)
+    # Where the copy taking over writes on (stdout, stderr offsets), for mosrun; and the
+    # offsets each stored checkpoint (by file name) was taken at.
+    output_origin: tuple[int, int] | None = None
+    output_at: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     async def write(self, message: pb.HomeMessage) -> None:
         """Write to the task's current stream; after a move, to the copy that took over."""

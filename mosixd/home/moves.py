@@ -139,6 +139,7 @@ class Mover:
                     # checked it before the source reported it frozen.
                     pending += machine.chunk_acked(action.offset, action.size, now)
                 elif isinstance(action, StartOnTarget) and new_call is not None:
+                    spec.stdout_origin, spec.stderr_origin = handover.stdout_offset, handover.stderr_offset
                     answer = await exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
                     now = self._node.now()
                     pending += (machine.target_failed(answer, now) if isinstance(answer, str)
@@ -146,6 +147,7 @@ class Mover:
                 elif isinstance(action, EndSourceCopy) and new_call is not None:
                     live.switch_to = (new_call, target_id, spec.epoch)
                     live.stdin_resume = handover.stdin_offset
+                    live.output_origin = (handover.stdout_offset, handover.stderr_offset)
                     await live.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
                 elif isinstance(action, ResumeSource) and frozen_asked:
                     with contextlib.suppress(*CALL_ERRORS):

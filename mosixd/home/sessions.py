@@ -399,7 +399,7 @@ class HomeSessions:
                                            f"cluster; task {spec.task_id} ended there: {event.evicted}"):
                         continue
                     return
-                elif kind in ("checkpoint", "frozen", "sent", "freeze_failed"):
+                elif kind in ("checkpoint", "frozen", "sent", "freeze_failed", "written"):
                     if live.move_events is not None:
                         await live.move_events.put(event)
                 elif kind == "exited":
@@ -420,7 +420,7 @@ class HomeSessions:
         """The task's copy is gone (``what`` happened to its node): restart it from its newest
         checkpoint if it has one (True), else end the session, telling mosrun ``why`` (False)."""
         if await self.keeper.failover(live, send, what):
-            await send({"t": "epoch", "epoch": live.spec.epoch})
+            await send(self._epoch(live))
             await self._resend_stdin(live, send)
             return True
         await send({"t": "error", "code": EXIT_LOST, "message": why})
@@ -434,8 +434,18 @@ class HomeSessions:
         live.call, live.node_id, live.spec.epoch = live.switch_to
         live.record.where = live.node_id
         live.switch_to = None
-        await send({"t": "epoch", "epoch": live.spec.epoch})
+        await send(self._epoch(live))
         await self._resend_stdin(live, send)
+
+    @staticmethod
+    def _epoch(live: LiveTask) -> dict[str, Any]:
+        """Tell mosrun the task runs as a newer copy, and the offsets its output goes on from:
+        after a restart from a checkpoint, what it prints again was shown already."""
+        message: dict[str, Any] = {"t": "epoch", "epoch": live.spec.epoch}
+        if live.output_origin is not None:
+            message["origins"] = list(live.output_origin)
+            live.output_origin = None
+        return message
 
     @staticmethod
     async def _resend_stdin(live: LiveTask, send: Any) -> None:

@@ -40,10 +40,12 @@ async def control_events(task: HostedTask, reader: asyncio.StreamReader,
                     size=int(header["size"]), seconds=float(header.get("seconds", 0.0)),
                     precopy_bytes=int(header.get("precopy_bytes", 0)),
                     precopy_rounds=int(header.get("precopy_rounds", 0)),
-                    stdin_offset=int(header.get("stdin", 0)))))
+                    stdin_offset=int(header.get("stdin", 0)), **output_offsets(task, "_offset"))))
             elif header["t"] == "freeze_failed":
                 await events.put(pb.HostEvent(freeze_failed=str(header.get("reason", "unknown"))))
             elif header["t"] == "checkpoint":
+                # Frozen and flushed: the output it has written is all in its pipes or gone home.
+                await events.put(pb.HostEvent(written=pb.OutputOffsets(**output_offsets(task))))
                 size = left = int(header["size"])
                 while left:
                     chunk = await reader.readexactly(min(left, CHUNK))
@@ -52,6 +54,13 @@ async def control_events(task: HostedTask, reader: asyncio.StreamReader,
                 await events.put(pb.HostEvent(frozen=size))
     except (frames.ProtocolError, ConnectionError, asyncio.IncompleteReadError, KeyError, ValueError) as exc:
         log.warning("task %s: broken control channel (%s)", task.spec.task_id, exc)
+
+
+def output_offsets(task: HostedTask, suffix: str = "") -> dict[str, int]:
+    """The stream offsets after what a frozen task has written to its stdout and stderr."""
+    if len(task.outputs) != 2:
+        return {}
+    return {"stdout" + suffix: task.outputs[0].written(), "stderr" + suffix: task.outputs[1].written()}
 
 
 async def ask_freeze(task: HostedTask, freeze: pb.Freeze) -> None:

@@ -15,6 +15,8 @@ import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 
 PIPE_SIZE = 1 << 20     # bigger pipes: fewer, larger writes and splices
 SPLICE_MAX = 1 << 20
@@ -38,6 +40,8 @@ class OutputPipe:
         stream.setblocking(False)
         self._job: asyncio.Task[None] | None = None
         self._open = True
+        self.origin = 0  # the stream offset this copy's output starts at (a restored copy)
+        self._moved = 0
 
     def start(self) -> None:
         """Start moving bytes (once the task holds its end; ours is closed by the caller)."""
@@ -48,6 +52,15 @@ class OutputPipe:
         at most ``timeout`` seconds (an orphan may keep the pipe open)."""
         if self._job is not None:
             await asyncio.wait({self._job}, timeout=timeout)
+
+    def written(self) -> int:
+        """The stream offset after what the task has written so far, all copies together:
+        what went home, and what waits in the pipe (exact while the task is frozen)."""
+        waiting = 0
+        if self._open:
+            with contextlib.suppress(OSError):
+                waiting = struct.unpack("i", fcntl.ioctl(self._read, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return self.origin + self._moved + waiting
 
     def close(self) -> None:
         """Stop, and close our ends (mosrun then sees the stream end)."""
@@ -77,6 +90,7 @@ class OutputPipe:
                     continue
                 if n == 0:
                     break  # every writer closed the pipe: the task and its children are done
+                self._moved += n
         except (BrokenPipeError, ConnectionResetError):
             pass  # mosrun went away; the task's writes now fail as on a closed terminal
         finally:

@@ -50,6 +50,12 @@ RESTORE_TIMEOUT = 30.0    # ... and, once told to start, have the whole checkpoi
 MAX_ROOM = 4 << 30        # memory a warm interpreter faults in for the checkpoint, at most
 
 
+def _set_origins(task: HostedTask) -> None:
+    """A restored copy's output goes on from the offsets its home gives (see OutputPipe.written)."""
+    if len(task.outputs) == 2:
+        task.outputs[0].origin, task.outputs[1].origin = task.spec.stdout_origin, task.spec.stderr_origin
+
+
 def _refused(reason: str, retry: bool) -> pb.HostEvent:
     return pb.HostEvent(refused=pb.Refusal(reason=reason, retry=retry))
 
@@ -212,6 +218,7 @@ class TaskTable:
                 await self._discard(task)
                 return None
             task.spec = message.start
+            _set_origins(task)
             assert task.ctl is not None
             await asyncio.get_running_loop().sock_sendall(task.ctl, frames.encode({"t": "go"}))
             said = await control_word(task, RESTORE_TIMEOUT)
@@ -433,8 +440,10 @@ class TaskTable:
         for output in outputs:
             output.start()
         stdin = await stdin_writer(stdin_w)
-        return HostedTask(spec=spec, pid=pid, stdin=stdin, exited=self._spawner.exit_status(pid), scratch=scratch,
+        task = HostedTask(spec=spec, pid=pid, stdin=stdin, exited=self._spawner.exit_status(pid), scratch=scratch,
                           local=spec.home == self.node_id, ctl=ctl, outputs=outputs)
+        _set_origins(task)
+        return task
 
     def _identity(self, spec: pb.TaskSpec) -> dict[str, object]:
         """Run the task as its user: switch to them when root, else only run our own user's tasks."""

@@ -149,7 +149,7 @@ class SetBlockedRequest(_message.Message):
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token", "incoming_bytes")
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token", "incoming_bytes", "stdout_origin", "stderr_origin")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,8 @@ class TaskSpec(_message.Message):
     STREAMS_TO_FIELD_NUMBER: _ClassVar[int]
     STREAMS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INCOMING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    STDERR_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     home: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -211,7 +213,9 @@ class TaskSpec(_message.Message):
     streams_to: str
     streams_token: bytes
     incoming_bytes: int
-    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ..., incoming_bytes: _Optional[int] = ...) -> None: ...
+    stdout_origin: int
+    stderr_origin: int
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ..., incoming_bytes: _Optional[int] = ..., stdout_origin: _Optional[int] = ..., stderr_origin: _Optional[int] = ...) -> None: ...
 
 class HomeMessage(_message.Message):
     __slots__ = ("start", "stdin", "stdin_eof", "signal", "reserve", "freeze", "verdict")
@@ -244,18 +248,30 @@ class Freeze(_message.Message):
     def __init__(self, id: _Optional[int] = ..., send_to: _Optional[str] = ..., token: _Optional[bytes] = ..., precopy: _Optional[bool] = ...) -> None: ...
 
 class Handover(_message.Message):
-    __slots__ = ("size", "seconds", "precopy_bytes", "precopy_rounds", "stdin_offset")
+    __slots__ = ("size", "seconds", "precopy_bytes", "precopy_rounds", "stdin_offset", "stdout_offset", "stderr_offset")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     PRECOPY_BYTES_FIELD_NUMBER: _ClassVar[int]
     PRECOPY_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     STDIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STDERR_OFFSET_FIELD_NUMBER: _ClassVar[int]
     size: int
     seconds: float
     precopy_bytes: int
     precopy_rounds: int
     stdin_offset: int
-    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ..., stdin_offset: _Optional[int] = ...) -> None: ...
+    stdout_offset: int
+    stderr_offset: int
+    def __init__(self, size: _Optional[int] = ..., seconds: _Optional[float] = ..., precopy_bytes: _Optional[int] = ..., precopy_rounds: _Optional[int] = ..., stdin_offset: _Optional[int] = ..., stdout_offset: _Optional[int] = ..., stderr_offset: _Optional[int] = ...) -> None: ...
+
+class OutputOffsets(_message.Message):
+    __slots__ = ("stdout", "stderr")
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    stdout: int
+    stderr: int
+    def __init__(self, stdout: _Optional[int] = ..., stderr: _Optional[int] = ...) -> None: ...
 
 class Reservation(_message.Message):
     __slots__ = ("checkpoint_to", "token")
@@ -306,7 +322,7 @@ class TaskUsage(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., rss: _Optional[int] = ...) -> None: ...
 
 class HostEvent(_message.Message):
-    __slots__ = ("started", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "sent", "freeze_failed", "movable", "evicted")
+    __slots__ = ("started", "exited", "refused", "usage", "stdin_ack", "reserved", "checkpoint", "frozen", "sent", "freeze_failed", "movable", "evicted", "written")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +335,7 @@ class HostEvent(_message.Message):
     FREEZE_FAILED_FIELD_NUMBER: _ClassVar[int]
     MOVABLE_FIELD_NUMBER: _ClassVar[int]
     EVICTED_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
     started: TaskStarted
     exited: TaskExit
     refused: Refusal
@@ -331,7 +348,8 @@ class HostEvent(_message.Message):
     freeze_failed: str
     movable: bool
     evicted: str
-    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ..., evicted: _Optional[str] = ...) -> None: ...
+    written: OutputOffsets
+    def __init__(self, started: _Optional[_Union[TaskStarted, _Mapping]] = ..., exited: _Optional[_Union[TaskExit, _Mapping]] = ..., refused: _Optional[_Union[Refusal, _Mapping]] = ..., usage: _Optional[_Union[TaskUsage, _Mapping]] = ..., stdin_ack: _Optional[int] = ..., reserved: _Optional[_Union[Reservation, _Mapping]] = ..., checkpoint: _Optional[bytes] = ..., frozen: _Optional[int] = ..., sent: _Optional[_Union[Handover, _Mapping]] = ..., freeze_failed: _Optional[str] = ..., movable: _Optional[bool] = ..., evicted: _Optional[str] = ..., written: _Optional[_Union[OutputOffsets, _Mapping]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("id", "user", "home", "where", "state", "started", "cpu", "rss", "command", "pid", "queue")

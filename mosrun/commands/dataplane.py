@@ -22,6 +22,13 @@ waits unread, held back by TCP, and output of a copy whose epoch never becomes c
 discarded. File streams are served whatever their epoch: a move's target loads its
 interpreter, through them, while the source still runs.
 
+Output is exactly once. mosrun counts the bytes it has shown of each stream, all copies
+together. With a newer copy the home daemon may give the offsets its output starts at: a copy
+restarted from an older checkpoint prints again what was shown after that checkpoint, and
+those bytes are dropped here (checked against what was shown, if still kept: a task that is
+not deterministic from its checkpoint gets one line saying so). A copy that starts past what
+was shown means output was lost with a node, and mosrun says how much.
+
 Standard library only, and light: mosrun imports it at every start.
 """
 
@@ -51,6 +58,7 @@ OUTPUT_CHUNK = 1 << 20
 FILES_BUFFER = 8 << 20    # a file stream's request buffer: two of the largest requests
 REPLY_HIGH_WATER = 8 << 20  # stop reading requests while this much of the replies is unsent
 COMPLAIN_EVERY = 5.0      # at most one line on stderr per this many seconds about bad peers
+REPLAY_KEPT = 4 << 20     # of a task checkpointed at home: output kept to check a replay against
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -79,10 +87,11 @@ class _Greeting:
 class Stream:
     """One accepted stream of one copy of the task."""
 
-    __slots__ = ("sock", "epoch", "kind", "files", "inbuf", "start", "end", "outbuf", "reading")
+    __slots__ = ("sock", "epoch", "kind", "files", "inbuf", "start", "end", "outbuf", "reading", "skip")
 
     def __init__(self, sock: socket.socket, epoch: int, kind: str) -> None:
         self.sock, self.epoch, self.kind = sock, epoch, kind
+        self.skip: int | None = None    # output already shown, to drop (known once it is shown)
         self.files: Any = None          # HomeFiles of a file stream
         self.inbuf = bytearray()        # a file stream's requests: [start, end) not yet handled
         self.start = self.end = 0
@@ -98,7 +107,8 @@ class DataPlane:
     :meth:`tick` with at most :meth:`timeout` seconds between calls.
     """
 
-    def __init__(self, sel: selectors.BaseSelector, host: str, task_id: str) -> None:
+    def __init__(self, sel: selectors.BaseSelector, host: str, task_id: str, check_replay: bool = False) -> None:
+        """``check_replay``: keep the last output shown, to check a restarted copy's against."""
         self.sel = sel
         self.task_id = task_id
         # secrets.token_bytes is os.urandom; importing secrets would cost a few ms per start.
@@ -125,6 +135,11 @@ class DataPlane:
         self._buf = bytearray(OUTPUT_CHUNK)
         self._view = memoryview(self._buf)
         self._complained = -COMPLAIN_EVERY
+        self.shown = {"stdout": 0, "stderr": 0}  # bytes shown of each stream, all copies together
+        self.kept: dict[str, bytearray] | None = (
+            {"stdout": bytearray(), "stderr": bytearray()} if check_replay else None)
+        self.origins: dict[int, tuple[int, int]] = {}  # epoch -> where its stdout, stderr start
+        self.warned: set[str] = set()
         sel.register(self.listener, selectors.EVENT_READ, self._accept)
 
     @property
@@ -144,11 +159,14 @@ class DataPlane:
                 if stream.kind != "files" and stream.epoch == self.epoch:
                     self._watch(stream)
 
-    def switch(self, epoch: int) -> None:
-        """The task now runs as copy ``epoch``: finish the current copy's output, then show its."""
+    def switch(self, epoch: int, origins: tuple[int, int] | None = None) -> None:
+        """The task now runs as copy ``epoch``: finish the current copy's output, then show its.
+        ``origins``: the stream offsets its stdout and stderr start at, if known."""
         floor = self.epoch if self.next_epoch is None else self.next_epoch
         if epoch <= floor:
             return
+        if origins is not None:
+            self.origins[epoch] = origins
         if self.next_epoch is None:
             self.idle_since = time.monotonic()
         self.next_epoch = epoch
@@ -350,8 +368,54 @@ class DataPlane:
         if not n:
             self._drop(stream)
             return
-        write_all(fd, self._view[:n])
+        data = self._view[:n]
+        if stream.skip is None:
+            stream.skip = self._already_shown(stream)
+        if stream.skip:
+            data = self._replayed(stream, data)
+        if data:
+            write_all(fd, data)
+            self.shown[stream.kind] += len(data)
+            if self.kept is not None:
+                kept = self.kept[stream.kind]
+                kept += data
+                if len(kept) > REPLAY_KEPT:
+                    del kept[:len(kept) - REPLAY_KEPT]
         self.idle_since = time.monotonic()  # after the write: a slow terminal is progress too
+
+    def _already_shown(self, stream: Stream) -> int:
+        """How much of a copy's output was shown already (it restarted from a checkpoint)."""
+        origins = self.origins.get(stream.epoch)
+        if origins is None:
+            return 0
+        origin = origins[0 if stream.kind == "stdout" else 1]
+        shown = self.shown[stream.kind]
+        if origin > shown:
+            self._warn_once(f"lost-{stream.kind}", f"{origin - shown} bytes of the task's {stream.kind} "
+                                                   "were lost with the node that ran it")
+            self.shown[stream.kind] = origin
+            return 0
+        return shown - origin
+
+    def _replayed(self, stream: Stream, data: memoryview) -> memoryview:
+        """Drop the part of ``data`` that was shown already, checking it against what was."""
+        assert stream.skip is not None
+        take = min(len(data), stream.skip)
+        kept = self.kept[stream.kind] if self.kept is not None else None
+        if kept is not None:
+            at = len(kept) - stream.skip  # where these bytes were in what is kept
+            if at >= 0 and kept[at:at + take] != data[:take]:
+                self._warn_once(f"differs-{stream.kind}", (
+                    f"the {stream.kind} of task {self.task_id} after its restart differs from what was shown "
+                    "before (it is not deterministic from its checkpoint); what was shown is not shown again"))
+        stream.skip -= take
+        return data[take:]
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            sys.stderr.write(f"mosrun: {message}\n")
+            sys.stderr.flush()
 
     def _peek(self, stream: Stream) -> None:
         """An output stream not shown yet stirred: its end (a copy called off) or data to keep."""

@@ -64,7 +64,8 @@ class Session:
     def run(self, launch: dict[str, Any]) -> int:
         hello = self._hello()
         try:
-            self.plane = DataPlane(self.sel, str(hello.get("host", "")), str(hello.get("task", "")))
+            self.plane = DataPlane(self.sel, str(hello.get("host", "")), str(hello.get("task", "")),
+                                   check_replay=bool(launch.get("checkpoint_every")))
         except (OSError, UnicodeError, ValueError) as exc:
             fail(f"cannot listen for the task's output on {hello.get('host')!r}: "
                  f"{getattr(exc, 'strerror', None) or exc}", EXIT_LAUNCH)
@@ -206,8 +207,11 @@ class Session:
             self.stdin_in_flight -= int(header.get("n", 0))
         elif kind == "started":
             self.plane.start()
-        elif kind == "epoch":
-            self.plane.switch(int(header["epoch"]))  # the task moved on to a newer copy
+        elif kind == "epoch":  # the task moved on to a newer copy
+            origins = header.get("origins")
+            valid = (isinstance(origins, list) and len(origins) == 2
+                     and all(type(x) is int and x >= 0 for x in origins))
+            self.plane.switch(int(header["epoch"]), tuple(origins) if valid else None)
         elif kind == "exit":
             sig = int(header.get("signal") or 0)
             self.status = 128 + sig if sig else int(header.get("code", 0))
