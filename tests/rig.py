@@ -349,10 +349,13 @@ class HostsRig:
         self.state["profile"] = name
         self._save()
 
-    def partition(self, a: str, b: str) -> None:
-        """Cut the link between nodes ``a`` and ``b`` both ways (a prohibit route on each side)."""
+    def partition(self, a: str, b: str, silent: bool = False) -> None:
+        """Cut the link between nodes ``a`` and ``b`` both ways: a prohibit route on each side
+        (senders are told at once), or with ``silent`` a blackhole (packets vanish, as on a
+        pulled cable: only a timeout tells)."""
+        kind = "blackhole" if silent else "prohibit"
         for src, dst in ((a, b), (b, a)):
-            sh(["ip", "-n", self.netns(src), "route", "replace", "prohibit", f"{self.address(dst)}/32", "table", "100"])
+            sh(["ip", "-n", self.netns(src), "route", "replace", kind, f"{self.address(dst)}/32", "table", "100"])
         self.state["partitions"].append([a, b])  # type: ignore[union-attr]
         self._save()
 
@@ -360,8 +363,9 @@ class HostsRig:
         """Remove every partition."""
         for node in self.nodes:
             for other in self.nodes:
-                sh(["ip", "-n", self.netns(node), "route", "del", "prohibit", f"{self.address(other)}/32",
-                    "table", "100"], check=False)
+                for kind in ("prohibit", "blackhole"):
+                    sh(["ip", "-n", self.netns(node), "route", "del", kind, f"{self.address(other)}/32",
+                        "table", "100"], check=False)
         self.state["partitions"] = []
         self._save()
 

@@ -189,11 +189,30 @@ def test_a_checkpointed_task_survives_the_death_of_its_host(hosts: HostsRig) -> 
         os.kill(hosts.daemon_pid("n2"), signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
-        assert stdout.splitlines()[-1] == f"done {sum(i * i for i in range(80))} 0"
+        assert stdout == local_run(hosts, "counter.py").stdout  # exactly once
         assert f"mosrun: node n2 running task {task['id']} was lost; restarted on n" in stderr
     finally:
         hosts.start_daemon("n2")
         wait_for(hosts.converged, 30)
+
+
+def test_a_silent_partition_from_the_node_running_a_task_ends_it_on_both_sides(hosts: HostsRig) -> None:
+    """Packets between the home and the task's node vanish (a blackhole, as a pulled cable):
+    neither side hears an error, only the keepalives tell. mosrun reports the lost node within
+    their bound (README: about 10 s), and the node ends its copy, whose home went silent."""
+    hosts.put("n1", f"{HOME}/long.py", counter(4000, pause=0.05))
+    proc = mosrun(hosts, "-r", "n2", PY, "long.py")
+    task = running_on(hosts, "n2")
+    try:
+        hosts.partition("n1", "n2", silent=True)
+        stdout, stderr = proc.communicate(timeout=60)  # without keepalives: TCP's many minutes
+        assert proc.returncode == 255, stderr
+        assert f"mosrun: node n2 running task {task['id']} was lost" in stderr
+        guests = lambda: json.loads(hosts.run("n2", ["mosps", "--json"]).stdout)["tasks"]  # noqa: E731
+        wait_for(lambda: not [t for t in guests() if t["id"] == task["id"]], 60)
+    finally:
+        hosts.heal()
+    wait_for(hosts.converged, 90, 0.5)
 
 
 def test_the_balancer_spreads_busy_tasks_over_the_hosts(hosts: HostsRig) -> None:

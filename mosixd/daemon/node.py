@@ -37,7 +37,7 @@ from mosixd.host.tasks import GuestRules, TaskTable
 from mosixd.settings.config import Config
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire import mosix_pb2_grpc as rpc
-from mosixd.wire.auth import ServerAuthInterceptor, call_metadata, open_aio_channel
+from mosixd.wire.auth import SERVER_KEEPALIVE_OPTIONS, ServerAuthInterceptor, call_metadata, open_aio_channel
 from mosixd.wire.tls import GENERIC_NAME, TlsCredentials
 from mosrun.runtime import netaddr
 
@@ -51,6 +51,7 @@ SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.http2.max_frame_size", 4 * 1024 * 1024),
+    *SERVER_KEEPALIVE_OPTIONS,
 ]
 
 

@@ -338,7 +338,25 @@ class _SyncAuth(
         return continuation(_with_auth(self._key, details, self._sender), request_iterator)
 
 
+#: Every call and stream between daemons pings its peer after KEEPALIVE_TIME seconds without
+#: traffic and fails if no answer comes within KEEPALIVE_TIMEOUT: a dead peer on a silent link
+#: (a partition, a pulled cable) is noticed within about their sum, not TCP's many minutes.
+KEEPALIVE_TIME, KEEPALIVE_TIMEOUT = 5.0, 5.0
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
+    ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
+    ("grpc.http2.max_pings_without_data", 0),  # a silent task stream is pinged as long as it lives
+]
+#: What a server needs to take (and give) those pings: by default it would answer pings more
+#: often than every 5 minutes by closing the connection ("too many pings").
+SERVER_KEEPALIVE_OPTIONS = [
+    *KEEPALIVE_OPTIONS,
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_TIME * 1000) // 2),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
 CHANNEL_OPTIONS = [
+    *KEEPALIVE_OPTIONS,
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     # Task output and checkpoints travel in MiB chunks: fewer, larger HTTP/2 frames.
