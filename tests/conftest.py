@@ -191,7 +191,7 @@ def start_rig(n: int, tmp: Path, *extra: str, hosts_file: Path | None = None) ->
     argv = [str(BIN / "mosixd"), "--local", str(n), "--port", str(port), *extra]
     if hosts_file is not None:
         argv = with_hosts_file(hosts_file, argv)  # unshare and sh exec: the pid is mosixd's
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     rig = LocalRig(n=n, port=port, runtime=runtime, proc=proc, log=log)
     try:
         wait_for(lambda: (runtime / "local.json").exists() or proc.poll() is not None, 20)

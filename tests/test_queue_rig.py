@@ -102,27 +102,6 @@ def test_queued_tasks_start_in_order_when_a_node_frees_up(blocked: LocalRig) -> 
         wait_for(lambda: blocked.converged(expect={"n1": "blocked", "n2": "blocked"}), 15)
 
 
-def test_a_restarted_home_removes_the_checkpoints_its_dead_sessions_left(tmp_path: Path) -> None:
-    rig = start_rig(2, tmp_path / "rig", "--no-balance")
-    try:
-        wait_for(rig.converged, 30)
-        job = tmp_path / "job.py"
-        job.write_text("import time\nfrom mosrun import resumable, safepoint\n"
-                       "s = resumable(n=0)\nwhile s.n < 600:\n    s.n += 1\n    time.sleep(0.05)\n    safepoint()\n")
-        proc = subprocess.Popen([str(BIN / "mosrun"), "-A", "0.3", "-r", "n2", sys.executable, str(job)],
-                                env=rig.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        checkpoints = Path(rig.node("n1")["state_dir"]) / "checkpoints"
-        wait_for(lambda: list(checkpoints.glob("*.ckpt")), 20)
-        os.kill(rig.node("n1")["pid"], signal.SIGKILL)  # the home dies with its session
-        proc.wait(timeout=30)
-        assert list(checkpoints.glob("*.ckpt"))  # left behind
-        rig.start_node("n1")
-        wait_for(lambda: not list(checkpoints.iterdir()), 20)
-        assert "checkpoint file(s) of an earlier life of this node" in rig.log.read_text()
-    finally:
-        rig.stop()
-
-
 def test_a_checkpoint_bigger_than_the_home_keeps_is_refused_and_the_user_told_once(tmp_path: Path) -> None:
     from conftest import counter, done_line
 

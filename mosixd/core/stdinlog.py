@@ -58,6 +58,13 @@ class StdinLog:
         self.delivered = 0   # the furthest any copy's pipe has been written (mosrun's acks)
         self.eof = False     # mosrun sent the end of its stdin
 
+    @classmethod
+    def starting_at(cls, offset: int) -> "StdinLog":
+        """A log taken over by a restarted home: the task's pipe has had ``offset`` bytes."""
+        log = cls()
+        log.base = log.copy_at = log.delivered = offset
+        return log
+
     @property
     def end(self) -> int:
         """The offset after the last byte mosrun sent."""

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-guest-tasks", type=int, help="tasks of other homes run here at once (default 0: no limit)")
     p.add_argument("--max-tasks-per-user", type=int, help="tasks of one user run here at once (default 0: no limit)")
     p.add_argument("--checkpoint-mb", type=int, help="largest checkpoint kept at home for mosrun -A (default 4096)")
+    p.add_argument("--home-restart", type=float, help="seconds a task and its mosrun wait for a restarted home "
+                                                      "daemon (default 60)")
     p.add_argument("--metrics", dest="metrics_listen", metavar="HOST:PORT",
                    help="serve Prometheus metrics there (default: none)")
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
@@ -81,7 +83,7 @@ _OVERRIDES = ("node_id", "listen", "advertise", "socket", "state_dir", "key_file
               "leave_timeout", "max_sessions", "max_sessions_per_user", "launch_timeout",
               "admin_group", "tls_ca", "tls_cert", "tls_key", "insecure",
               "metrics_listen", "run_as_root", "deny_users", "homes",
-              "max_guest_tasks", "max_tasks_per_user", "checkpoint_mb")
+              "max_guest_tasks", "max_tasks_per_user", "checkpoint_mb", "home_restart")
 
 
 def setup_logging(level: str, name: str) -> None:

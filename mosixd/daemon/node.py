@@ -103,7 +103,7 @@ class NodeDaemon:
         advertise_host = netaddr.split(config.advertise)[0]
         self.tasks = TaskTable(config.node_id, config.state_dir, self.spawner, own_load=lambda: self._own().load,
                                blocked=lambda: self._own().state is NodeState.BLOCKED, cpuset=config.cpuset,
-                               host=advertise_host,
+                               host=advertise_host, home_grace=config.home_restart,
                                rules=GuestRules(config.run_as_root, config.deny_users, config.homes,
                                                 config.max_guest_tasks, config.max_tasks_per_user))
         self._sampler = sampler or build_sampler(config, self.tasks.pids, self.tasks.counts)
@@ -114,7 +114,7 @@ class NodeDaemon:
             advertise_host=advertise_host, state_dir=config.state_dir,
             placement=self.placement, now=self.now, cluster_view=self.cluster_view, task_stream=self.task_stream,
             limits=SessionLimits(config.max_sessions, config.max_sessions_per_user, config.launch_timeout,
-                                 config.checkpoint_mb)))
+                                 config.checkpoint_mb, config.home_restart)))
         self.tools = UserApi(self, limits=self.home.limits, admin_group=config.admin_group)
         now = clock()
         self.view = GossipView(

@@ -24,6 +24,7 @@ class SessionLimits:
     per_user: int = 512            # open at once by one uid
     launch_timeout: float = 10.0   # seconds a new session has to send its launch request
     checkpoint_mb: int = 4096      # a checkpoint kept at home for mosrun -A, at most
+    home_restart: float = 60.0     # after a restart, how long the home waits for its mosruns to come back
 
     def refusal(self, owners: Iterable[int], uid: int, what: str) -> str | None:
         """Why one more of ``what`` (sessions, tool connections) for ``uid`` is refused, given

@@ -52,14 +52,17 @@ class CheckpointKeeper:
     def checkpoint_dir(self) -> Path:
         return self._node.checkpoint_dir
 
-    def clean_orphans(self) -> int:
-        """At start: remove the checkpoints of an earlier life of this daemon. Its sessions died
-        with it, and no session of this life can take their tasks back."""
+    def clean_orphans(self, keep: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+        """At start: remove the checkpoints of an earlier life of this daemon, but those of the
+        tasks in ``keep`` (which this life may take back). The others' sessions died with it."""
         mine = f"{self._node.node_id}.{self._node.generation}."
         removed = 0
         directory = self.checkpoint_dir
         for entry in directory.iterdir() if directory.is_dir() else ():
-            if entry.name.endswith((".ckpt", ".tmp")) and not entry.name.lstrip(".").startswith(mine):
+            name = entry.name.lstrip(".")
+            if any(name.startswith(f"{task_id}.") for task_id in keep):
+                continue
+            if entry.name.endswith((".ckpt", ".tmp")) and not name.startswith(mine):
                 entry.unlink(missing_ok=True)
                 removed += 1
         if removed:
@@ -155,6 +158,7 @@ class CheckpointKeeper:
         spec.CopyFrom(live.spec)
         spec.epoch = int(latest.name.rsplit(".", 2)[-2]) + 1
         spec.incoming_bytes = latest.stat().st_size
+        spec.stdin_origin = read_header(latest).stdin
         output = live.output_at.get(latest.name)
         if output is not None:  # the restored copy's output goes on from there
             spec.stdout_origin, spec.stderr_origin = output
@@ -182,7 +186,7 @@ class CheckpointKeeper:
                 continue
             live.call.cancel()
             live.call, live.node_id, live.record.where = call, choice.node_id, choice.node_id
-            live.stdin_resume = read_header(latest).stdin  # the caller resends stdin from there
+            live.stdin_resume = spec.stdin_origin  # the caller resends stdin from there
             live.output_origin = output  # and tells mosrun which output it has shown already
             live.spec.epoch = spec.epoch
             await send({"t": "notice", "text": f"node {dead} running task {live.spec.task_id} {what}; "

@@ -55,6 +55,7 @@ class LiveTask:
     # offsets each stored checkpoint (by file name) was taken at.
     output_origin: tuple[int, int] | None = None
     output_at: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reading: "asyncio.Future[object] | None" = None  # a read of the stream left under way
 
     async def write(self, message: pb.HomeMessage) -> None:
         """Write to the task's current stream; after a move, to the copy that took over."""

@@ -140,6 +140,7 @@ class Mover:
                     pending += machine.chunk_acked(action.offset, action.size, now)
                 elif isinstance(action, StartOnTarget) and new_call is not None:
                     spec.stdout_origin, spec.stderr_origin = handover.stdout_offset, handover.stderr_offset
+                    spec.stdin_origin = handover.stdin_offset
                     answer = await exchange(new_call, pb.HomeMessage(start=spec), "started", plan.start_timeout)
                     now = self._node.now()
                     pending += (machine.target_failed(answer, now) if isinstance(answer, str)

@@ -5,15 +5,19 @@ mosrun connects to the session socket (beside the daemon's gRPC socket) and spea
 (``mosrun.runtime.frames``). The kernel tells us who is connecting (SO_PEERCRED), so the task's owner
 is known without any key. Frames:
 
-  daemon -> mosrun  hello {task, host}: the task's id, and this node's address, where mosrun
-                    takes the task's streams (``mosrun.commands.dataplane``)
+  daemon -> mosrun  hello {task, host, home_restart}: the task's id, and this node's address,
+                    where mosrun takes the task's streams (``mosrun.commands.dataplane``); how
+                    long mosrun waits for this daemon to come back if it goes away
+  mosrun -> daemon  reattach {task, token}: instead of a launch, to a restarted daemon: take
+                    back the task this mosrun started (the token is its streams' token)
   mosrun -> daemon  launch {argv, executable, python, python_options, python_args, env, cwd,
                             umask, ttys, where: best|home|node, node, memory_mb, queue, job_name,
                             streams_to: "host:port", streams_token: hex}
                     stdin (payload), stdin_eof, signal {sig}
   daemon -> mosrun  started {task, node}, queued {reason}, stdin_ack {n}, notice {text},
-                    epoch {epoch}: the task switched to a newer copy (a move or a failover),
-                    exit {code, signal}, error {message, code}
+                    epoch {epoch, origins}: the task switched to a newer copy (a move or a
+                    failover), reattached {task, node, stdin_from}: a restarted daemon has the
+                    task again, exit {code, signal}, error {message, code}
 
 The task's stdout, stderr and file requests do not pass through here: the node running it
 connects them straight to mosrun.
@@ -30,6 +34,7 @@ import pwd
 import socket
 import struct
 import time
+from hmac import compare_digest
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +45,11 @@ from mosixd.core.gossip import NodeState
 from mosixd.core.launchqueue import LaunchQueue
 from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode, SessionLimits
-from mosixd.core.stdinlog import MAX_CHUNK, StdinOverrun
+from mosixd.core.stdinlog import MAX_CHUNK, StdinLog, StdinOverrun
 from mosixd.home.inbox import Inbox, Interrupted, SessionGone
+from mosixd.home.journal import SavedSession, SessionJournal
 from mosixd.home.keeper import CheckpointKeeper
-from mosixd.home.livetask import LiveTask, TaskRecord
+from mosixd.home.livetask import LiveTask, TaskRecord, exchange
 from mosixd.home.moves import Mover
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire.auth import RefusalLog
@@ -55,6 +61,7 @@ EXIT_LAUNCH = 125   # mosrun could not start the task (documented in the README)
 EXIT_LOST = 255     # the node running the task died or became unreachable
 QUEUE_RETRY = 1.0
 RESEND_CHUNK = 256 * 1024  # stdin resent to a copy that took over, per message
+LOST_SHOWN = 3600.0  # mosps shows a task lost to a home restart this long
 
 
 class LaunchError(Exception):
@@ -111,12 +118,34 @@ def _spec_from_launch(header: dict[str, Any], uid: int, host: str) -> pb.TaskSpe
     return spec
 
 
+def _is_hex(value: object) -> bool:
+    try:
+        return isinstance(value, str) and len(value) <= 128 and bool(bytes.fromhex(value))
+    except ValueError:
+        return False
+
+
 def _same_address(given: str, expected: str) -> bool:
     """Whether ``given`` (from mosrun) is the address ``expected``, compared as addresses."""
     try:
         return netaddr.canonical(given) == netaddr.canonical(expected)
     except ValueError:
         return False
+
+
+async def _end_task(call: grpc.aio.StreamStreamCall, reading: asyncio.Future[Any] | None = None,
+                    timeout: float = 2.0) -> None:
+    """Tell a task's node to end it, and let the message through before the stream goes: a
+    stream that merely breaks leaves the task waiting for its home to come back. ``reading``:
+    a read of the stream under way (cancelling it would cancel the stream)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await call.write(pb.HomeMessage(end=True))
+            await call.done_writing()
+            if reading is not None:
+                await reading
+            while await call.read() is not grpc.aio.EOF:
+                pass
 
 
 async def _close_gently(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 5.0) -> None:
@@ -149,6 +178,10 @@ class HomeSessions:
         self.queue = LaunchQueue()
         self._refusals = RefusalLog()
         self._queue_moved = asyncio.Event()  # set (and replaced) whenever a task leaves the queue
+        self.journal = SessionJournal(node.state_dir / "sessions")
+        self.returning: dict[str, SavedSession] = {}  # tasks of an earlier life, until their mosrun is back
+        self.detaching = False  # the daemon stops: its tasks wait for the next life, not ended
+        self._forgetting: asyncio.Task[None] | None = None
 
     @property
     def limits(self) -> SessionLimits:
@@ -165,13 +198,26 @@ class HomeSessions:
         return len(self._sessions)
 
     async def start(self, path: Path) -> None:
-        self.keeper.clean_orphans()
+        for saved in self.journal.load():
+            spec = saved.spec
+            self.returning[spec.task_id] = saved
+            self.records[spec.task_id] = TaskRecord(id=spec.task_id, user=spec.user, command=" ".join(spec.argv),
+                                                    started=spec.started, state="returning", where=saved.node_id)
+        if self.returning:
+            log.info("%d task(s) of an earlier life of this node run on; their mosruns have %g s to come back",
+                     len(self.returning), self._node.limits.home_restart)
+            self._forgetting = asyncio.create_task(self._forget_returning())
+        self.keeper.clean_orphans(keep=set(self.returning))
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(path))
         os.chmod(path, 0o666)  # any local user may submit; the kernel tells us who they are
 
     async def stop(self) -> None:
+        # The tasks run on elsewhere and their mosruns wait for this daemon to come back.
+        self.detaching = True
+        if self._forgetting is not None:
+            self._forgetting.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions):
@@ -219,7 +265,7 @@ class HomeSessions:
             await send({"t": "error", "code": EXIT_LAUNCH, "message": (
                 f"the home node cannot take its task's streams: {exc.strerror or exc}")})
             return
-        await send({"t": "hello", "task": task_id, "host": host})
+        await send({"t": "hello", "task": task_id, "host": host, "home_restart": self._node.limits.home_restart})
         limit = self._node.limits.launch_timeout
         try:
             frame = await asyncio.wait_for(frames.read_frame(reader, MAX_CHUNK), limit)
@@ -231,6 +277,12 @@ class HomeSessions:
             return
         header, _ = frame
         inbox = Inbox(reader)
+        if header["t"] == "reattach":
+            try:
+                await self._take_back(header, peer_credentials(writer)[1], inbox, send)
+            finally:
+                inbox.close()
+            return
         try:
             if header["t"] != "launch":
                 raise LaunchError(f"expected a launch request, got {header['t']!r}")
@@ -241,19 +293,7 @@ class HomeSessions:
                 id=task_id, user=spec.user, command=" ".join(spec.argv), started=spec.started)
             call, node_id = await self._launch(spec, header, record, send, inbox)
             live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
-            storing = asyncio.create_task(self.keeper.store_checkpoints(live, send)) if spec.checkpoint_every else None
-            try:
-                record.state, record.where = "running", node_id
-                await self._relay(live, inbox, send)
-            finally:
-                if storing is not None:
-                    storing.cancel()
-                    await asyncio.gather(storing, return_exceptions=True)
-                if spec.checkpoint_every:
-                    self.keeper.forget(task_id)
-                live.call.cancel()
-                if live.switch_to:
-                    live.switch_to[0].cancel()
+            await self._run_session(live, inbox, send)
         except LaunchError as exc:
             log.warning("launch of %s refused: %s", task_id, exc)
             await send({"t": "error", "message": str(exc), "code": exc.code})
@@ -264,6 +304,100 @@ class HomeSessions:
             self._unqueue(task_id)
             self.records.pop(task_id, None)
             self.live.pop(task_id, None)
+
+    async def _run_session(self, live: LiveTask, inbox: Inbox, send: Any) -> None:
+        """A running task's session: relay until it ends. Its record on disk lets a restarted
+        daemon take it back; a task whose mosrun left is ended on its node."""
+        spec = live.spec
+        storing = asyncio.create_task(self.keeper.store_checkpoints(live, send)) if spec.checkpoint_every else None
+        self.journal.save(spec, live.node_id, self._address_of(live.node_id))
+        ended = False
+        try:
+            live.record.state, live.record.where = "running", live.node_id
+            ended = await self._relay(live, inbox, send)
+        finally:
+            if storing is not None:
+                storing.cancel()
+                await asyncio.gather(storing, return_exceptions=True)
+            if not self.detaching or ended:
+                self.journal.remove(spec.task_id)
+                if spec.checkpoint_every:
+                    self.keeper.forget(spec.task_id)
+                if not ended:  # mosrun left (or broke the session): the task ends with it
+                    await _end_task(live.call, live.reading)
+            live.call.cancel()
+            if live.switch_to:
+                live.switch_to[0].cancel()
+
+    async def _take_back(self, header: dict[str, Any], uid: int, inbox: Inbox, send: Any) -> None:
+        """A mosrun whose daemon restarted comes back for its task: it proves it is the same
+        mosrun (its user, and the stream token only it and the home knew), and the node running
+        the task hands the task's stream over."""
+        task_id = str(header.get("task", ""))
+        saved = self.returning.get(task_id)
+        token = bytes.fromhex(str(header.get("token", ""))) if _is_hex(header.get("token")) else b""
+        if saved is None or saved.spec.uid != uid or not compare_digest(token, saved.spec.streams_token):
+            await send({"t": "error", "code": EXIT_LOST, "message": (
+                f"task {task_id[:64]} is not a task of this node's earlier life that this mosrun started")})
+            return
+        del self.returning[task_id]
+        spec, node_id = saved.spec, saved.node_id
+        record = self.records[task_id]
+        call = self._node.task_stream(self._address_of(node_id) or saved.address)
+        answer = await exchange(call, pb.HomeMessage(reattach=task_id), "started", 20.0)
+        if isinstance(answer, str) or not answer.started.reattached:
+            call.cancel()
+            self.records.pop(task_id, None)
+            self.journal.remove(task_id)
+            why = answer if isinstance(answer, str) else "it answered as for a new task"
+            log.warning("task %s: could not be taken back from %s: %s", task_id, node_id, why)
+            await send({"t": "error", "code": EXIT_LOST, "message": (
+                f"the home daemon came back, but task {task_id} could not be taken back from node {node_id} "
+                f"({why})")})
+            return
+        started = answer.started
+        spec.epoch = started.epoch or spec.epoch
+        live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
+        live.stdin = StdinLog.starting_at(started.stdin_offset)
+        live.movable = started.movable
+        if live.movable:
+            live.became_movable.set()
+        log.info("task %s of uid %d taken back: it runs on %s", task_id, uid, node_id)
+        await send({"t": "reattached", "task": task_id, "node": node_id, "stdin_from": started.stdin_offset})
+        try:
+            await self._run_session(live, inbox, send)
+        finally:
+            self.records.pop(task_id, None)
+            self.live.pop(task_id, None)
+
+    def _address_of(self, node_id: str) -> str:
+        """The address gossip knows for ``node_id`` ("" if none)."""
+        return next((v.address for v in self._node.cluster_view() if v.id == node_id), "")
+
+    async def _forget_returning(self) -> None:
+        """After ``limits.home_restart``, the tasks whose mosrun did not come back are ended (a
+        mosrun does not outlive a reboot of its machine); mosps shows them as lost for a while."""
+        await asyncio.sleep(self._node.limits.home_restart)
+        for task_id, saved in list(self.returning.items()):
+            del self.returning[task_id]
+            self.journal.remove(task_id)
+            self.keeper.forget(task_id)
+            record = self.records.get(task_id)
+            if record is not None:
+                record.state = "lost"
+            log.warning("task %s of %s: its mosrun did not come back within %g s of this daemon's restart; "
+                        "ending it on %s", task_id, saved.spec.user, self._node.limits.home_restart, saved.node_id)
+            # The node may have gone meanwhile: then the task went with it.
+            call = self._node.task_stream(self._address_of(saved.node_id) or saved.address)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10.0):
+                    if not isinstance(await exchange(call, pb.HomeMessage(reattach=task_id), "started", 10.0), str):
+                        await _end_task(call)
+            call.cancel()
+        await asyncio.sleep(LOST_SHOWN)
+        for task_id, record in list(self.records.items()):
+            if record.state == "lost":
+                del self.records[task_id]
 
     async def _launch(self, spec: pb.TaskSpec, header: dict[str, Any], record: TaskRecord,
                       send: Any, inbox: Inbox) -> tuple[grpc.aio.StreamStreamCall, str]:
@@ -350,7 +484,9 @@ class HomeSessions:
             refusals.update(exc.reasons)
             return []
 
-    async def _relay(self, live: LiveTask, inbox: Inbox, send: Any) -> None:
+    async def _relay(self, live: LiveTask, inbox: Inbox, send: Any) -> bool:
+        """Carry the task's events to mosrun and mosrun's input to the task; True once the task
+        has ended (its status or its loss told), False when mosrun left first."""
         upstream = asyncio.create_task(self._from_mosrun(inbox, live))
         record, spec = live.record, live.spec
         try:
@@ -358,8 +494,8 @@ class HomeSessions:
                 read = asyncio.ensure_future(live.call.read())
                 await asyncio.wait({read, upstream}, return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
-                    read.cancel()
-                    return  # mosrun left: the caller cancels the call, which ends the task
+                    live.reading = read  # not cancelled: that would cancel the stream
+                    return False  # mosrun left: the task ends with it
                 try:
                     event = read.result()
                 except grpc.aio.AioRpcError as exc:
@@ -371,7 +507,7 @@ class HomeSessions:
                     if await self._recover(live, send, "was lost", f"node {record.where} running task "
                                            f"{spec.task_id} was lost ({exc.code().name.lower()})"):
                         continue
-                    return
+                    return True
                 if event is grpc.aio.EOF:
                     if live.switch_to is not None:
                         await self._switch(live, send)
@@ -379,7 +515,7 @@ class HomeSessions:
                     if await self._recover(live, send, "was lost", f"node {record.where} ended task "
                                            f"{spec.task_id} without an exit status"):
                         continue
-                    return
+                    return True
                 kind = event.WhichOneof("kind")
                 if kind == "stdin_ack":
                     gained = live.stdin.acked(event.stdin_ack)
@@ -398,7 +534,7 @@ class HomeSessions:
                     if await self._recover(live, send, "left the cluster", f"node {record.where} left the "
                                            f"cluster; task {spec.task_id} ended there: {event.evicted}"):
                         continue
-                    return
+                    return True
                 elif kind in ("checkpoint", "frozen", "sent", "freeze_failed", "written"):
                     if live.move_events is not None:
                         await live.move_events.put(event)
@@ -409,7 +545,7 @@ class HomeSessions:
                     if live.move_events is not None:
                         live.move_events.put_nowait(event)  # a move under way ends with the task
                     await send({"t": "exit", "code": event.exited.code, "signal": event.exited.signal})
-                    return
+                    return True
         finally:
             # Wait for the cancellation: the session then drains mosrun's socket itself, and a
             # stream may have only one reader.
@@ -420,6 +556,7 @@ class HomeSessions:
         """The task's copy is gone (``what`` happened to its node): restart it from its newest
         checkpoint if it has one (True), else end the session, telling mosrun ``why`` (False)."""
         if await self.keeper.failover(live, send, what):
+            self.journal.save(live.spec, live.node_id, self._address_of(live.node_id))
             await send(self._epoch(live))
             await self._resend_stdin(live, send)
             return True
@@ -434,6 +571,7 @@ class HomeSessions:
         live.call, live.node_id, live.spec.epoch = live.switch_to
         live.record.where = live.node_id
         live.switch_to = None
+        self.journal.save(live.spec, live.node_id, self._address_of(live.node_id))
         await send(self._epoch(live))
         await self._resend_stdin(live, send)
 

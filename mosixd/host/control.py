@@ -80,6 +80,7 @@ async def ask_freeze(task: HostedTask, freeze: pb.Freeze) -> None:
 
 async def give_verdict(task: HostedTask, verdict: pb.Verdict) -> None:
     """After a freeze: let the task go on, or end this copy (it runs elsewhere now)."""
+    task.moved_away = task.moved_away or verdict.exit
     if task.ctl_writer is not None:
         word = "exit" if verdict.exit else "resume"
         task.ctl_writer.write(frames.encode({"t": word, "id": verdict.freeze}))

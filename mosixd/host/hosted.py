@@ -9,11 +9,26 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
 
+from mosixd.core.stdinlog import StdinWindow
 from mosixd.host.outpipe import OutputPipe
 from mosixd.wire import mosix_pb2 as pb
 
 EVENT_QUEUE = 16          # at most this many chunks buffered per task
+
+
+class Attachment:
+    """One stream from the task's home: what it sends (``requests``), how to answer
+    (``send``), and ``released``, set once the task is done with it (its handler returns)."""
+
+    def __init__(self, requests: AsyncIterator[pb.HomeMessage], send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        self.requests, self.send = requests, send
+        self.released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def release(self) -> None:
+        if not self.released.done():
+            self.released.set_result(None)
 
 
 class SpawnError(Exception):
@@ -45,6 +60,13 @@ class HostedTask:
     arrived: float = field(default_factory=time.monotonic)   # for minimum residency
     cpu: float = 0.0
     rss: int = 0
+    # Streams from its home, the first and, after a home restarts, the next (see TaskTable._run).
+    attachments: asyncio.Queue[Attachment] = field(default_factory=asyncio.Queue)
+    stdin_written: int = 0   # stream offset after the stdin handed to its pipe, all copies together
+    stdin_closed: bool = False
+    moved_away: bool = False  # its home said this copy ends: the task runs elsewhere now
+    stdin_queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    stdin_window: "StdinWindow | None" = None  # the current stream's bound on stdin ahead
 
     def signal(self, signum: int) -> None:
         # The task leads its own process group: a signal reaches its helpers too, as in a terminal.

@@ -30,7 +30,7 @@ from mosixd.core.policy import JobRequest, admit
 from mosixd.core.rebalance import RunningTask
 from mosixd.core.stdinlog import KEEP_BEHIND, MAX_STDIN_AHEAD, StdinOverrun, StdinWindow
 from mosixd.host.control import ask_freeze, control_events, control_word, give_verdict
-from mosixd.host.hosted import HostedTask, SpawnError
+from mosixd.host.hosted import Attachment, HostedTask, SpawnError
 from mosixd.host.outpipe import OutputPipe, big_pipe
 from mosixd.host.spawner import Spawner, SpawnFailed
 from mosixd.host.streams import open_streams, stdin_writer
@@ -51,7 +51,9 @@ MAX_ROOM = 4 << 30        # memory a warm interpreter faults in for the checkpoi
 
 
 def _set_origins(task: HostedTask) -> None:
-    """A restored copy's output goes on from the offsets its home gives (see OutputPipe.written)."""
+    """A restored copy's stdin and output go on from the offsets its home gives (see
+    OutputPipe.written)."""
+    task.stdin_written = task.spec.stdin_origin
     if len(task.outputs) == 2:
         task.outputs[0].origin, task.outputs[1].origin = task.spec.stdout_origin, task.spec.stderr_origin
 
@@ -93,7 +95,7 @@ class TaskTable:
     def __init__(self, node_id: str, state_dir: Path, spawner: Spawner, *, own_load: Callable[[], LoadVector],
                  blocked: Callable[[], bool], max_tasks: int = 0, cpuset: tuple[int, ...] = (),
                  rules: GuestRules = GuestRules(),
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", home_grace: float = 60.0) -> None:
         self.node_id = node_id
         self._host = host  # this node's advertised name or address: a move's checkpoint comes in there
         self._cpuset = cpuset
@@ -108,6 +110,8 @@ class TaskTable:
         self.leaving = False  # the node is leaving the cluster: it takes no task any more
         self._starting = 0
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._runners: set[asyncio.Future[None]] = set()
+        self.home_grace = home_grace
 
     # ---- accounting (load sampler, gossip, mosps) ------------------------------------
 
@@ -138,6 +142,9 @@ class TaskTable:
         """
         first = await anext(aiter(requests), None)
         kind = first.WhichOneof("kind") if first is not None else None
+        if kind == "reattach" and first is not None:
+            await self._reattach(first.reattach, requests, send, caller)
+            return
         if kind not in ("start", "reserve"):
             self.refusals["malformed"] += 1
             await send(_refused("the first message on a task stream must start or reserve a task", retry=False))
@@ -186,7 +193,31 @@ class TaskTable:
         self.tasks[spec.task_id] = task
         log.info("task %s of %s %s: pid %d, %s", spec.task_id, spec.home,
                  "restored" if kind == "reserve" else "started", task.pid, " ".join(spec.argv))
-        await self._run(task, requests, send)
+        # The task lives in a job of its own: it outlives this stream if the home breaks it.
+        runner = asyncio.ensure_future(self._run(task))
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        await self._attach(task, requests, send)
+
+    async def _attach(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
+                      send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+        """Hand a home stream to the task's runner, and hold it until the runner is done with it."""
+        attachment = Attachment(requests, send)
+        task.attachments.put_nowait(attachment)
+        try:
+            await asyncio.shield(attachment.released)
+        except asyncio.CancelledError:
+            pass  # the stream is gone (gRPC cancels its handler): the runner sees it break
+
+    async def _reattach(self, task_id: str, requests: AsyncIterator[pb.HomeMessage],
+                        send: Callable[[pb.HostEvent], Awaitable[None]], caller: str | None) -> None:
+        """A restarted home takes a task back (its certificate must name the task's home)."""
+        task = self.tasks.get(task_id)
+        if task is None or (caller is not None and task.spec.home != caller):
+            await send(_refused(f"{self.node_id}: no task {task_id[:64]!r} of that home runs here", retry=False))
+            return
+        log.info("task %s: its home %s takes it back", task_id, task.spec.home)
+        await self._attach(task, requests, send)
 
     async def _warm_start(self, spec: pb.TaskSpec, requests: AsyncIterator[pb.HomeMessage],
                           send: Callable[[pb.HostEvent], Awaitable[None]]) -> HostedTask | None:
@@ -236,30 +267,133 @@ class TaskTable:
         if task.ctl is not None:
             task.ctl.close()
 
-    async def _run(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                   send: Callable[[pb.HostEvent], Awaitable[None]]) -> None:
+    async def _run(self, task: HostedTask) -> None:
+        """The task's life here: its events go home on the stream it is attached to. When that
+        stream breaks without the home ending the task, the task waits ``home_grace`` seconds
+        for its home to come back (a restarted home daemon) before it is ended."""
         events = task.events
-        handler = asyncio.current_task()
-        assert handler is not None
-        helpers = [asyncio.create_task(self._feed(task, requests, handler)),
-                   asyncio.create_task(self._usage(task, events))]
+        helpers = [asyncio.create_task(self._usage(task, events)),
+                   asyncio.create_task(self._write_stdin(task))]
         if task.ctl is not None:
             ctl_reader, task.ctl_writer = await asyncio.open_unix_connection(sock=task.ctl)
             helpers.append(asyncio.create_task(control_events(task, ctl_reader, events)))
         waiter = asyncio.create_task(self._wait_exit(task, events))
+        pending = [pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid))]
+        attachment: Attachment | None = None
         try:
-            await send(pb.HostEvent(started=pb.TaskStarted(node_id=self.node_id, pid=task.pid)))
-            while (event := await events.get()) is not None:
-                await send(event)
+            attachment = await task.attachments.get()
+            while await self._serve(task, attachment, pending) == "broken":
+                attachment.release()
+                attachment = None
+                if task.moved_away:
+                    return  # the stream of a copy that moved on: nobody will take it back
+                log.warning("task %s: the stream from its home %s broke; the task waits up to %g s for "
+                            "its home to come back", task.spec.task_id, task.spec.home, self.home_grace)
+                try:
+                    attachment = await asyncio.wait_for(task.attachments.get(), self.home_grace)
+                except asyncio.TimeoutError:
+                    log.warning("task %s: its home %s did not come back within %g s; ending it",
+                                task.spec.task_id, task.spec.home, self.home_grace)
+                    return
+                pending.insert(0, pb.HostEvent(started=pb.TaskStarted(
+                    node_id=self.node_id, pid=task.pid, reattached=True, stdin_offset=task.stdin_written,
+                    epoch=task.spec.epoch, movable=task.movable)))
         finally:
+            if attachment is not None:
+                attachment.release()
             for job in (*helpers, waiter):
                 job.cancel()
-            # Shielded: a second cancellation (gRPC's and the feeder's may both come) must not
-            # cut the cleanup short and leave the task running.
+            # Shielded: a cancellation (the node stops) must not cut the cleanup short and
+            # leave the task running.
             cleanup = asyncio.ensure_future(self._cleanup(task))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
             await asyncio.shield(cleanup)
+
+    async def _serve(self, task: HostedTask, attachment: Attachment, pending: list[pb.HostEvent]) -> str:
+        """Carry events home on one stream, and what comes on it to the task, until the task
+        exits ("exited"), the home ends it ("ended") or the stream breaks ("broken"; the
+        events not delivered stay in ``pending``)."""
+        feeder = asyncio.create_task(self._feed(task, attachment.requests))
+        try:
+            while True:
+                if not pending:
+                    getter = asyncio.ensure_future(task.events.get())
+                    await asyncio.wait({getter, feeder}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        return "ended" if feeder.result() else "broken"
+                    pending.append(getter.result())  # type: ignore[arg-type]
+                event = pending[0]
+                if event is None:
+                    return "exited"
+                try:
+                    await attachment.send(event)
+                except Exception:  # the stream is gone (grpc raises several kinds)
+                    return "ended" if feeder.done() and feeder.result() else "broken"
+                pending.pop(0)
+        finally:
+            feeder.cancel()
+
+    async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> bool:
+        """What the home sends, to the task, until its stream ends; True if the home ended the
+        task. stdin goes through the task's own writer, so that signals and moves get through
+        while its pipe is full."""
+        # A home holds a session to MAX_STDIN_AHEAD, and resends at most KEEP_BEHIND more to a
+        # copy that takes over.
+        window = StdinWindow(2 * (MAX_STDIN_AHEAD + KEEP_BEHIND))
+        task.stdin_window = window
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                try:
+                    if kind == "stdin":
+                        window.sent(len(message.stdin))
+                        task.stdin_queue.put_nowait(message.stdin)
+                    elif kind == "stdin_eof":
+                        task.stdin_queue.put_nowait(None)
+                    elif kind == "signal":
+                        task.signal(message.signal)
+                    elif kind == "freeze":
+                        await ask_freeze(task, message.freeze)
+                    elif kind == "verdict":
+                        await give_verdict(task, message.verdict)
+                    elif kind == "end":
+                        log.info("task %s: its home ends it (its mosrun left)", task.spec.task_id)
+                        return True
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the task closed its end, as a local process may
+        except StdinOverrun as exc:
+            log.warning("task %s: its home broke the protocol (%s); ending it", task.spec.task_id, exc)
+            return True
+        except Exception as exc:  # grpc reports a cancelled call this way
+            log.debug("task %s: home stream failed: %r", task.spec.task_id, exc)
+        finally:
+            # What this stream sent and the task did not get yet is resent by a home that
+            # comes back, from task.stdin_written on.
+            while not task.stdin_queue.empty():
+                task.stdin_queue.get_nowait()
+        return False
+
+    async def _write_stdin(self, task: HostedTask) -> None:
+        while True:  # until the runner cancels it
+            chunk = await task.stdin_queue.get()
+            if task.stdin_closed:
+                continue  # a home that came back resends what it has: the end came already
+            if chunk is None:
+                task.stdin_closed = True
+                task.stdin.close()
+                continue
+            # Counted once handed over: it reaches the pipe even if this job is cancelled.
+            task.stdin_written += len(chunk)
+            try:
+                task.stdin.write(chunk)
+                await task.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the task closed its stdin, as a local process may; keep acknowledging
+            if task.stdin_window is not None:
+                task.stdin_window.acked(len(chunk))
+            await task.events.put(pb.HostEvent(stdin_ack=len(chunk)))
 
     async def _cleanup(self, task: HostedTask) -> None:
         self.tasks.pop(task.spec.task_id, None)
@@ -271,62 +405,6 @@ class TaskTable:
         if task.ctl_writer is not None:
             task.ctl_writer.close()
         shutil.rmtree(task.scratch, ignore_errors=True)
-
-    async def _feed(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                    handler: asyncio.Task[object]) -> None:
-        try:
-            await self._feed_messages(task, requests)
-        except Exception as exc:  # grpc reports a cancelled call this way
-            log.debug("task %s: home stream failed: %r", task.spec.task_id, exc)
-        # The home never half-closes a task's stream: its end means the home is gone, and the
-        # task must end with it (the handler's cleanup kills it).
-        handler.cancel()
-
-    async def _feed_messages(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage]) -> None:
-        # stdin goes through its own writer: signals and moves must get through even while
-        # the task's stdin pipe is full. The home keeps at most a window of unacknowledged
-        # stdin in flight, so this queue stays small.
-        stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        # A home holds a session to MAX_STDIN_AHEAD, and resends at most KEEP_BEHIND more to a
-        # copy that takes over.
-        window = StdinWindow(2 * (MAX_STDIN_AHEAD + KEEP_BEHIND))
-        writer = asyncio.create_task(self._write_stdin(task, stdin, window))
-        try:
-            await self._dispatch(task, requests, stdin, window)
-        except StdinOverrun as exc:
-            log.warning("task %s: its home broke the protocol (%s); ending it", task.spec.task_id, exc)
-        finally:
-            writer.cancel()
-
-    async def _write_stdin(self, task: HostedTask, chunks: asyncio.Queue[bytes | None], window: StdinWindow) -> None:
-        while (chunk := await chunks.get()) is not None:
-            try:
-                task.stdin.write(chunk)
-                await task.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the task closed its stdin, as a local process may; keep acknowledging
-            window.acked(len(chunk))
-            await task.events.put(pb.HostEvent(stdin_ack=len(chunk)))
-        task.stdin.close()
-
-    async def _dispatch(self, task: HostedTask, requests: AsyncIterator[pb.HomeMessage],
-                        stdin: asyncio.Queue[bytes | None], window: StdinWindow) -> None:
-        async for message in requests:
-            kind = message.WhichOneof("kind")
-            try:
-                if kind == "stdin":
-                    window.sent(len(message.stdin))
-                    stdin.put_nowait(message.stdin)
-                elif kind == "stdin_eof":
-                    stdin.put_nowait(None)
-                elif kind == "signal":
-                    task.signal(message.signal)
-                elif kind == "freeze":
-                    await ask_freeze(task, message.freeze)
-                elif kind == "verdict":
-                    await give_verdict(task, message.verdict)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the task closed its end, as a local process may
 
     async def _usage(self, task: HostedTask, events: asyncio.Queue[pb.HostEvent | None]) -> None:
         try:

@@ -49,6 +49,7 @@ class Config:
     max_guest_tasks: int = 0        # tasks of other homes run here at once; 0 = no limit
     max_tasks_per_user: int = 0     # tasks of one user run here at once; 0 = no limit
     checkpoint_mb: int = 4096       # a checkpoint kept at home (mosrun -A) is at most this big
+    home_restart: float = 60.0      # a task and its mosrun wait this long for a restarted home daemon
     admin_group: str = ""           # its members may block the node and move any task; "" = root only
     tls_ca: Path | None = None      # the cluster CA's certificate (mosixd ca init)
     tls_cert: Path | None = None    # this node's certificate and key (mosixd ca issue NODE)
@@ -172,6 +173,7 @@ _SCHEMA: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "limits.guest_tasks": ("max_guest_tasks", _number(int, minimum=1, allow_zero=True)),
     "limits.tasks_per_user": ("max_tasks_per_user", _number(int, minimum=1, allow_zero=True)),
     "limits.checkpoint_mb": ("checkpoint_mb", _number(int, minimum=1)),
+    "limits.home_restart": ("home_restart", _number(float, minimum=0.0, allow_zero=True)),
     "security.admin_group": ("admin_group", _name_or_empty),
     "security.insecure": ("insecure", _flag),
     "security.run_as_root": ("run_as_root", _flag),

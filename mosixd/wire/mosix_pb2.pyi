@@ -149,7 +149,7 @@ class SetBlockedRequest(_message.Message):
     def __init__(self, blocked: _Optional[bool] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token", "incoming_bytes", "stdout_origin", "stderr_origin")
+    __slots__ = ("task_id", "home", "argv", "executable", "python", "python_options", "python_args", "env", "cwd", "umask", "user", "uid", "gid", "memory_mb", "stdin_tty", "stdout_tty", "stderr_tty", "job_name", "started", "python_version", "restore", "epoch", "locked", "checkpoint_every", "streams_to", "streams_token", "incoming_bytes", "stdout_origin", "stderr_origin", "stdin_origin")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class TaskSpec(_message.Message):
     INCOMING_BYTES_FIELD_NUMBER: _ClassVar[int]
     STDOUT_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     STDERR_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     home: str
     argv: _containers.RepeatedScalarFieldContainer[str]
@@ -215,10 +216,11 @@ class TaskSpec(_message.Message):
     incoming_bytes: int
     stdout_origin: int
     stderr_origin: int
-    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ..., incoming_bytes: _Optional[int] = ..., stdout_origin: _Optional[int] = ..., stderr_origin: _Optional[int] = ...) -> None: ...
+    stdin_origin: int
+    def __init__(self, task_id: _Optional[str] = ..., home: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., executable: _Optional[str] = ..., python: _Optional[bool] = ..., python_options: _Optional[_Iterable[str]] = ..., python_args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., umask: _Optional[int] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., memory_mb: _Optional[int] = ..., stdin_tty: _Optional[bool] = ..., stdout_tty: _Optional[bool] = ..., stderr_tty: _Optional[bool] = ..., job_name: _Optional[str] = ..., started: _Optional[float] = ..., python_version: _Optional[str] = ..., restore: _Optional[bool] = ..., epoch: _Optional[int] = ..., locked: _Optional[bool] = ..., checkpoint_every: _Optional[float] = ..., streams_to: _Optional[str] = ..., streams_token: _Optional[bytes] = ..., incoming_bytes: _Optional[int] = ..., stdout_origin: _Optional[int] = ..., stderr_origin: _Optional[int] = ..., stdin_origin: _Optional[int] = ...) -> None: ...
 
 class HomeMessage(_message.Message):
-    __slots__ = ("start", "stdin", "stdin_eof", "signal", "reserve", "freeze", "verdict")
+    __slots__ = ("start", "stdin", "stdin_eof", "signal", "reserve", "freeze", "verdict", "reattach", "end")
     START_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDIN_EOF_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +228,8 @@ class HomeMessage(_message.Message):
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REATTACH_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     start: TaskSpec
     stdin: bytes
     stdin_eof: bool
@@ -233,7 +237,9 @@ class HomeMessage(_message.Message):
     reserve: TaskSpec
     freeze: Freeze
     verdict: Verdict
-    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+    reattach: str
+    end: bool
+    def __init__(self, start: _Optional[_Union[TaskSpec, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_eof: _Optional[bool] = ..., signal: _Optional[int] = ..., reserve: _Optional[_Union[TaskSpec, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., reattach: _Optional[str] = ..., end: _Optional[bool] = ...) -> None: ...
 
 class Freeze(_message.Message):
     __slots__ = ("id", "send_to", "token", "precopy")
@@ -290,12 +296,20 @@ class Verdict(_message.Message):
     def __init__(self, freeze: _Optional[int] = ..., exit: _Optional[bool] = ...) -> None: ...
 
 class TaskStarted(_message.Message):
-    __slots__ = ("node_id", "pid")
+    __slots__ = ("node_id", "pid", "reattached", "stdin_offset", "epoch", "movable")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    REATTACHED_FIELD_NUMBER: _ClassVar[int]
+    STDIN_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MOVABLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     pid: int
-    def __init__(self, node_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    reattached: bool
+    stdin_offset: int
+    epoch: int
+    movable: bool
+    def __init__(self, node_id: _Optional[str] = ..., pid: _Optional[int] = ..., reattached: _Optional[bool] = ..., stdin_offset: _Optional[int] = ..., epoch: _Optional[int] = ..., movable: _Optional[bool] = ...) -> None: ...
 
 class TaskExit(_message.Message):
     __slots__ = ("code", "signal")

@@ -260,7 +260,7 @@ def _run(opts: dict[str, Any], launch: dict[str, Any]) -> int:
         sock.connect(path)
     except OSError as exc:
         fail(f"cannot reach the home daemon at {path}: {exc.strerror}", EXIT_LAUNCH)
-    return Session(sock).run(launch)
+    return Session(sock, path).run(launch)
 
 
 def _with_local_cluster(opts: dict[str, Any], launch: dict[str, Any]) -> int:

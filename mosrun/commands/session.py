@@ -13,6 +13,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from mosrun.commands.dataplane import DataPlane
@@ -25,6 +26,7 @@ OUT_HIGH_WATER = 1 << 20   # stop reading stdin while this much is waiting to re
 STDIN_WINDOW = 1 << 20     # at most this much stdin not yet written into the task
 RECV_SIZE = 1 << 16        # the session carries control frames only
 STDIN_CHUNK = 64 * 1024
+RECONNECT_EVERY = 0.5      # while the home daemon is away: how often to look for it again
 
 
 def fail(message: str, code: int) -> None:
@@ -41,8 +43,9 @@ class Session:
     it, on the streams of :class:`mosrun.commands.dataplane.DataPlane`, served in the same loop.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, path: str = "") -> None:
         self.sock = sock
+        self.path = path            # the session socket: where a restarted daemon listens again
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.sel = selectors.DefaultSelector()
@@ -50,6 +53,15 @@ class Session:
         self.session_open = True
         self.stdin_open = True
         self.stdin_in_flight = 0    # sent, not yet acknowledged as written into the task
+        self.stdin_kept = bytearray()  # ... and those bytes: a restarted home may need them again
+        self.stdin_acked = 0        # the stream offset of stdin_kept[0]
+        self.stdin_ended = False    # the end of stdin was sent
+        self.task_id = ""
+        self.started = False
+        self.home_restart = 0.0     # how long to wait for a restarted home daemon (its hello says)
+        self.away_until: float | None = None  # the home daemon is away: give up at this time
+        self.rejoining = False      # back, not yet holding the task again: no new stdin yet
+        self.next_try = 0.0
         self.stdin_polled = False   # stdin cannot be watched (a regular file): read it when there is room
         self.status: int | None = None
         self.error = ""             # said once the task's last output is out
@@ -71,6 +83,8 @@ class Session:
                  f"{getattr(exc, 'strerror', None) or exc}", EXIT_LAUNCH)
         assert self.plane is not None
         self.sock.setblocking(False)
+        self.task_id = str(hello.get("task", ""))
+        self.home_restart = float(hello.get("home_restart", 0) or 0)
         self.send({**launch, "streams_to": self.plane.endpoint, "streams_token": self.plane.token.hex()})
         signal.set_wakeup_fd(self.wake_w.fileno())
         for sig in FORWARDED:
@@ -84,10 +98,14 @@ class Session:
         except (ValueError, OSError):
             self._eof_stdin()  # no usable stdin at all: the task sees an empty one
         while not (self.status is not None and self.plane.done()):
+            if self.away_until is not None:
+                self._look_for_home()
             self._update_interest()
             timeout = self.plane.timeout()
             if self.stdin_polled and self._room_for_stdin():
                 timeout = 0
+            if self.away_until is not None:
+                timeout = RECONNECT_EVERY if timeout is None else min(timeout, RECONNECT_EVERY)
             for key, events in self.sel.select(timeout):
                 if key.data is not None:
                     # A stream of the task, unless an earlier callback of this batch changed
@@ -130,7 +148,67 @@ class Session:
         return header
 
     def _room_for_stdin(self) -> bool:
-        return self.stdin_open and len(self.outbuf) < OUT_HIGH_WATER and self.stdin_in_flight < STDIN_WINDOW
+        return (self.stdin_open and self.away_until is None and not self.rejoining
+                and len(self.outbuf) < OUT_HIGH_WATER and self.stdin_in_flight < STDIN_WINDOW)
+
+    # ---- a home daemon that restarts -------------------------------------------------------------
+
+    def _home_gone(self) -> None:
+        """The home daemon closed the session while the task runs. The task's node keeps it
+        for a while: wait as long for the daemon to come back and take the task back."""
+        if not (self.started and self.home_restart > 0 and self.path):
+            fail("the home daemon closed the session (was it stopped?)", EXIT_LOST)
+        if self.session_open:
+            self.sel.unregister(self.sock)
+            self.session_open = False
+        self.sock.close()
+        self.outbuf.clear()
+        self.inbuf.clear()
+        self.away_until = time.monotonic() + self.home_restart
+        self.next_try = time.monotonic() + RECONNECT_EVERY
+        sys.stderr.write(f"mosrun: the home daemon went away; task {self.task_id} runs on, waiting up to "
+                         f"{self.home_restart:g} s for the daemon to come back\n")
+        sys.stderr.flush()
+
+    def _look_for_home(self) -> None:
+        assert self.away_until is not None
+        now = time.monotonic()
+        if now < self.next_try:
+            return
+        if now >= self.away_until:
+            fail(f"the home daemon did not come back within {self.home_restart:g} s; task {self.task_id} "
+                 "is ended", EXIT_LOST)
+        self.next_try = now + RECONNECT_EVERY
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5.0)
+            sock.connect(self.path)
+            frame = frames.recv_frame(sock)
+            if frame is None or frame[0].get("t") != "hello":
+                raise ConnectionError("no hello")
+            assert self.plane is not None
+            frames.send_frame(sock, {"t": "reattach", "task": self.task_id, "token": self.plane.token.hex()})
+        except (OSError, ConnectionError, frames.ProtocolError):
+            sock.close()
+            return  # not back yet
+        sock.setblocking(False)
+        self.sock, self.session_open, self.away_until, self.rejoining = sock, True, None, True
+        self.sel.register(self.sock, selectors.EVENT_READ)
+
+    def _taken_back(self, header: dict[str, Any]) -> None:
+        """The restarted daemon has the task again: resend the stdin its pipe has not had."""
+        self.rejoining = False
+        start = int(header.get("stdin_from", 0))
+        drop = max(0, min(start - self.stdin_acked, len(self.stdin_kept)))
+        del self.stdin_kept[:drop]
+        self.stdin_acked += drop
+        for at in range(0, len(self.stdin_kept), STDIN_CHUNK):
+            self.send({"t": "stdin"}, bytes(self.stdin_kept[at:at + STDIN_CHUNK]))
+        self.stdin_in_flight = len(self.stdin_kept)
+        if self.stdin_ended:
+            self.send({"t": "stdin_eof"})
+        sys.stderr.write(f"mosrun: the home daemon is back and has task {self.task_id} again\n")
+        sys.stderr.flush()
 
     def _update_interest(self) -> None:
         if self.session_open:
@@ -149,6 +227,7 @@ class Session:
 
     def _eof_stdin(self) -> None:
         self._stop_stdin()
+        self.stdin_ended = True
         self.send({"t": "stdin_eof"})
 
     def _read_stdin(self) -> None:
@@ -161,6 +240,7 @@ class Session:
         if data:
             self.send({"t": "stdin"}, data)
             self.stdin_in_flight += len(data)
+            self.stdin_kept += data
             return
         self._eof_stdin()
 
@@ -172,7 +252,8 @@ class Session:
         except (BrokenPipeError, ConnectionResetError):
             # The daemon stopped listening; its last frames may still be waiting to be read.
             self.outbuf.clear()
-            self._stop_stdin()
+            if not self.started:
+                self._stop_stdin()
             return
         del self.outbuf[:sent]
 
@@ -188,7 +269,8 @@ class Session:
                 self.sel.unregister(self.sock)  # said all it had to; the task's output may still come
                 self.session_open = False
                 return
-            fail("the home daemon closed the session (was it stopped?)", EXIT_LOST)
+            self._home_gone()
+            return
         self.inbuf += data
         start, prefix = 0, frames.PREFIX.size
         while len(self.inbuf) - start >= prefix and self.status is None:
@@ -204,9 +286,15 @@ class Session:
         assert self.plane is not None
         kind = header["t"]
         if kind == "stdin_ack":
-            self.stdin_in_flight -= int(header.get("n", 0))
+            acked = int(header.get("n", 0))
+            self.stdin_in_flight -= acked
+            del self.stdin_kept[:acked]
+            self.stdin_acked += acked
         elif kind == "started":
+            self.started = True
             self.plane.start()
+        elif kind == "reattached":
+            self._taken_back(header)
         elif kind == "epoch":  # the task moved on to a newer copy
             origins = header.get("origins")
             valid = (isinstance(origins, list) and len(origins) == 2
