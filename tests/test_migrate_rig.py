@@ -485,3 +485,52 @@ def test_a_restarted_task_that_is_not_deterministic_is_told_once(tmp_path: Path)
         assert [line.split()[0] for line in stdout.decode().splitlines()] == [str(i) for i in range(80)]
     finally:
         rig.stop()
+
+
+FILES_JOB = """
+    import time
+    from mosrun import resumable, safepoint
+
+    state = resumable(step=0, out=None, log=None, src=None, got=[])
+    if state.out is None:
+        state.out = open("out.txt", "a")
+        state.log = open("log.bin", "wb")
+        state.src = open("in.txt")
+    while state.step < 60:
+        state.out.write(f"line {state.step}\\n")
+        state.log.write(bytes([state.step]) * 3)
+        state.got.append(state.src.readline().strip())
+        state.step += 1
+        time.sleep(0.05)
+        safepoint()
+    print(state.out.mode, state.log.mode, state.src.mode, state.src.name)
+    state.out.close()
+    state.log.close()
+    print(",".join(state.got))
+"""
+
+
+def test_files_open_at_home_stay_open_across_moves_with_their_mode_and_offset(shared_rig3: LocalRig,
+                                                                             tmp_path: Path) -> None:
+    runs = {}
+    for name in ("local", "moved"):
+        work = tmp_path / name
+        work.mkdir()
+        write(work / "job.py", FILES_JOB)
+        (work / "in.txt").write_text("".join(f"word{i}\n" for i in range(100)))
+        (work / "out.txt").write_text("before\n")
+        if name == "local":
+            done = subprocess.run([PY, "job.py"], cwd=work, capture_output=True, timeout=60)
+        else:
+            proc = start(shared_rig3, work, "job.py")
+            task = running_task(shared_rig3)
+            for where in ("n3", "n1", "n2"):
+                time.sleep(0.3)
+                result = json.loads(migrate(shared_rig3, task["id"], where).stdout)
+                assert result["ok"], result
+            stdout, stderr = proc.communicate(timeout=60)
+            done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        runs[name] = (done.returncode, done.stdout, done.stderr, (work / "out.txt").read_text(),
+                      (work / "log.bin").read_bytes())
+    assert runs["moved"] == runs["local"]
+    assert runs["local"][1].startswith(b"a wb r in.txt\n")

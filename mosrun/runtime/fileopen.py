@@ -147,3 +147,24 @@ def open_code(path: str) -> Any:
     """``io.open_code()``: home paths (runpy.run_path, importers) are read from home."""
     home = proxy.home_path(path) if isinstance(path, str) else None
     return _real_open_code(path) if home is None else open(path, "rb")
+
+
+def reopen(path: str, name: Any, mode: str, pos: int | None, buffered: bool, encoding: str | None,
+           errors: str | None, line_buffering: bool) -> Any:
+    """A home file of a moved task, open again as it was: same path, mode and position (a
+    file opened "w" or "x" is not truncated or created again). What the checkpoint's pickler
+    gives for a file object open on the home node (``checkpoint.pickling``)."""
+    kind = mode.replace("t", "").replace("b", "").replace("+", "")
+    again = ("r+" + ("b" if "b" in mode else "")) if kind in ("w", "x") else mode
+    text = "b" not in mode
+    f = open(path, again, -1 if buffered or text else 0, encoding if text else None, errors if text else None)
+    if text and line_buffering:
+        f.reconfigure(line_buffering=True)
+    if pos is not None and kind != "a":
+        f.seek(pos)
+    raw = f.buffer.raw if text else (f.raw if buffered else f)
+    raw.name = name
+    if text:
+        f.mode = mode
+    raw.mode = {"r": "rb", "w": "wb", "x": "xb", "a": "ab"}[kind] + ("+" if "+" in mode else "")
+    return f

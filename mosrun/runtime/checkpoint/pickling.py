@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import io
 import pickle
+import sys
 from dataclasses import dataclass
 
 from mosrun.runtime.checkpoint.errors import CheckpointError, IncompatibleCheckpoint, UnpicklableState
@@ -55,11 +56,40 @@ def _typename(obj: object) -> str:
     return {"_thread.lock": "threading.Lock", "_thread.RLock": "threading.RLock"}.get(name, name)
 
 
+def _home_file(obj: object) -> tuple[object, tuple[object, ...]] | None:
+    """A file open on the home node (a raw, buffered or text file over the runtime's
+    HomeFileIO), as what reopens it after a move: same path, mode and position. Its buffered
+    writes are flushed home first. None for any other file."""
+    homefile = sys.modules.get("mosrun.runtime.homefile")
+    if homefile is None:
+        return None
+    text = obj if isinstance(obj, io.TextIOWrapper) else None
+    buffered = text.buffer if text is not None else obj
+    raw = getattr(buffered, "raw", buffered)
+    if not isinstance(raw, homefile.HomeFileIO) or raw.closed or not raw._path or raw._fd is not None:
+        return None
+    try:
+        obj.flush()  # type: ignore[attr-defined]
+        pos = obj.tell() if raw.seekable() else None  # type: ignore[attr-defined]
+    except OSError as exc:  # e.g. a text file in the middle of "for line in f"
+        raise TypeError(f"home file {raw.name!r} cannot be checkpointed here ({exc})") from None
+    mode = text.mode if text is not None else raw.mode
+    from mosrun.runtime import fileopen
+
+    return fileopen.reopen, (raw._path, raw.name, mode, pos, buffered is not raw,
+                             getattr(text, "encoding", None), getattr(text, "errors", None),
+                             bool(getattr(text, "line_buffering", False)))
+
+
 class _Refusing:
-    """Pickler mixin: refuse what must never be carried to another node."""
+    """Pickler mixin: refuse what must never be carried to another node; files open on the
+    home node are carried as what reopens them there."""
 
     def reducer_override(self, obj: object) -> object:
-        if isinstance(obj, _refused_types()):
+        if isinstance(obj, _refused_types()) or type(obj).__name__ == "HomeFileIO":
+            reduced = _home_file(obj)
+            if reduced is not None:
+                return reduced
             raise _Refused(obj)
         parent = getattr(super(), "reducer_override", None)
         return parent(obj) if parent is not None else NotImplemented
