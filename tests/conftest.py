@@ -241,3 +241,18 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Engine"
         yield engine
     finally:
         engine.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault table (tests/test_faults.py and the separate-hosts rows), when any ran."""
+    faults = sys.modules.get("test_faults")
+    rows = getattr(faults, "FAULTS", [])
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("fault table (README, Reliability):")
+    write("| what was done | times | what the user saw | lines lost | lines duplicated |")
+    write("|---|---|---|---|---|")
+    for row in rows:
+        write(f"| {row.what} | {row.times} | {row.saw} | {row.lost} | {row.duplicated} |")

@@ -144,7 +144,7 @@ class CheckpointKeeper:
         finally:
             tmp.unlink(missing_ok=True)
             with contextlib.suppress(*CALL_ERRORS):
-                await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+                await live.write_current(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
 
     async def failover(self, live: LiveTask, send: Any, what: str = "was lost") -> bool:
         """The node running the task is gone (``what`` happened to it): restart the task elsewhere

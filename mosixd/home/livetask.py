@@ -57,26 +57,37 @@ class LiveTask:
     output_at: dict[str, tuple[int, int]] = field(default_factory=dict)
     reading: "asyncio.Future[object] | None" = None  # a read of the stream left under way
 
+    # One write at a time on a task's streams: stdin, signals, freezes and verdicts come from
+    # different coroutines, and a gRPC stream takes one write at a time.
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
     async def write(self, message: pb.HomeMessage) -> None:
         """Write to the task's current stream; after a move, to the copy that took over."""
-        call = self.call
-        try:
-            await call.write(message)
-        except CALL_ERRORS:
-            if self.switch_to is not None:
-                await self.switch_to[0].write(message)
-            elif self.call is not call:
-                await self.call.write(message)
-            else:
-                raise
+        async with self.write_lock:
+            call = self.call
+            try:
+                await call.write(message)
+            except CALL_ERRORS:
+                if self.switch_to is not None:
+                    await self.switch_to[0].write(message)
+                elif self.call is not call:
+                    await self.call.write(message)
+                else:
+                    raise
+
+    async def write_current(self, message: pb.HomeMessage) -> None:
+        """Write to the current copy only (a verdict for it); errors are the caller's."""
+        async with self.write_lock:
+            await self.call.write(message)
 
     async def write_stdin(self, message: pb.HomeMessage) -> None:
         """stdin to the current copy only: what a copy on its way out misses is resent to
         the copy that takes over, from the offset its checkpoint gives."""
-        try:
-            await self.call.write(message)
-        except CALL_ERRORS:
-            pass
+        async with self.write_lock:
+            try:
+                await self.call.write(message)
+            except CALL_ERRORS:
+                pass
 
 
 async def exchange(call: grpc.aio.StreamStreamCall, message: pb.HomeMessage, expect: str,

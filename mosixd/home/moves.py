@@ -152,7 +152,7 @@ class Mover:
                     await live.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=True)))
                 elif isinstance(action, ResumeSource) and frozen_asked:
                     with contextlib.suppress(*CALL_ERRORS):
-                        await live.call.write(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
+                        await live.write_current(pb.HomeMessage(verdict=pb.Verdict(freeze=freeze_id, exit=False)))
                 elif isinstance(action, ReleaseTarget) and new_call is not None and live.switch_to is None:
                     new_call.cancel()
                 elif isinstance(action, Report):

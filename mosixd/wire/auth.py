@@ -341,7 +341,7 @@ class _SyncAuth(
 #: Every call and stream between daemons pings its peer after KEEPALIVE_TIME seconds without
 #: traffic and fails if no answer comes within KEEPALIVE_TIMEOUT: a dead peer on a silent link
 #: (a partition, a pulled cable) is noticed within about their sum, not TCP's many minutes.
-KEEPALIVE_TIME, KEEPALIVE_TIMEOUT = 5.0, 5.0
+KEEPALIVE_TIME, KEEPALIVE_TIMEOUT = 10.0, 20.0
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME * 1000)),
     ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT * 1000)),
