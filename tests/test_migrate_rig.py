@@ -534,3 +534,51 @@ def test_files_open_at_home_stay_open_across_moves_with_their_mode_and_offset(sh
                       (work / "log.bin").read_bytes())
     assert runs["moved"] == runs["local"]
     assert runs["local"][1].startswith(b"a wb r in.txt\n")
+
+
+def test_a_restarted_task_does_not_append_twice_to_a_home_file(tmp_path: Path) -> None:
+    """Lines the task appended (and flushed) after its last checkpoint are written again by
+    the copy restarted from it: they are checked against the file and not appended twice."""
+    from conftest import start_rig
+
+    job = """
+        import time
+        from mosrun import resumable, safepoint
+        state = resumable(step=0, log=None)
+        if state.log is None:
+            state.log = open("log.txt", "a")
+        while state.step < 80:
+            state.log.write(f"step {state.step}\\n")
+            state.log.flush()
+            state.step += 1
+            time.sleep(0.05)
+            safepoint()
+        state.log.close()
+        print("done")
+    """
+    expected = None
+    for name in ("local", "failover"):
+        work = tmp_path / name
+        work.mkdir()
+        write(work / "job.py", job)
+        (work / "log.txt").write_text("before\n")
+        if name == "local":
+            subprocess.run([PY, "job.py"], cwd=work, check=True, timeout=60)
+            expected = (work / "log.txt").read_text()
+            continue
+        rig = start_rig(3, tmp_path / "rig", "--no-balance")
+        try:
+            wait_for(rig.converged, 30)
+            proc = subprocess.Popen([str(BIN / "mosrun"), "-A", "0.5", "-r", "n2", PY, "job.py"], cwd=work,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=rig.env)
+            running_task(rig)
+            checkpoints = Path(rig.node("n1")["state_dir"]) / "checkpoints"
+            wait_for(lambda: list(checkpoints.glob("*.ckpt")), 20)
+            time.sleep(1.0)  # more lines appended after the checkpoint
+            os.kill(rig.node("n2")["pid"], signal.SIGKILL)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            rig.stop()
+        assert proc.returncode == 0 and stdout == b"done\n", stderr
+        assert "restarted on" in stderr.decode() and "not deterministic" not in stderr.decode()
+        assert (work / "log.txt").read_text() == expected

@@ -155,14 +155,22 @@ def reopen(path: str, name: Any, mode: str, pos: int | None, buffered: bool, enc
     file opened "w" or "x" is not truncated or created again). What the checkpoint's pickler
     gives for a file object open on the home node (``checkpoint.pickling``)."""
     kind = mode.replace("t", "").replace("b", "").replace("+", "")
-    again = ("r+" + ("b" if "b" in mode else "")) if kind in ("w", "x") else mode
+    # "w" and "x" must not truncate or create again; an appended file is written at our
+    # position, so that what a copy restarted from an older checkpoint appends again is
+    # checked against the file, not appended twice (HomeFileIO._replayed).
+    again = ("r+" + ("b" if "b" in mode else "")) if kind in ("w", "x", "a") else mode
     text = "b" not in mode
     f = open(path, again, -1 if buffered or text else 0, encoding if text else None, errors if text else None)
     if text and line_buffering:
         f.reconfigure(line_buffering=True)
-    if pos is not None and kind != "a":
-        f.seek(pos)
     raw = f.buffer.raw if text else (f.raw if buffered else f)
+    if kind == "a":
+        end = f.seek(0, 2)
+        if pos is not None and pos < end:
+            raw._replay_until = end
+            f.seek(pos)
+    elif pos is not None:
+        f.seek(pos)
     raw.name = name
     if text:
         f.mode = mode

@@ -79,6 +79,9 @@ class HomeFileIO(io.RawIOBase):
         self._streak = False      # the last read was full and sequential: read ahead next
         self._eof = False         # a short chunk came back: ask for no more
         self._snapshot: Any = None
+        # A copy restarted from a checkpoint writes again what it wrote after that checkpoint:
+        # up to here, an appended file already holds it; such writes are compared, not repeated.
+        self._replay_until = 0
 
     # -- state checks and late errors -------------------------------------------------------
 
@@ -302,6 +305,13 @@ class HomeFileIO(io.RawIOBase):
         view = memoryview(data).cast("B")
         if not len(view):
             return 0
+        if self._pos is not None and self._pos < self._replay_until:
+            size = len(view)
+            view = self._replayed(view)
+            if not len(view):
+                return size
+            written = self.write(view)
+            return size - len(view) + written
         self._drop_ahead()
         self._streak = False
         self._chan.touch(self._ident)  # what other handles read ahead from this file is stale
@@ -322,6 +332,31 @@ class HomeFileIO(io.RawIOBase):
         else:
             self._pos = None  # an appending or unseekable file: home knows its position
         return len(view)
+
+    def _replayed(self, view: memoryview) -> memoryview:
+        """The part of a replayed write the file holds already is compared and skipped (a
+        task that is not deterministic gets one line saying so, and its new bytes); returns
+        the rest, beyond what the file held."""
+        assert self._pos is not None
+        n = min(len(view), self._replay_until - self._pos)
+        there = bytearray(n)
+        self._reseek = True
+        self._resync()
+        got = 0
+        while got < n:
+            _, k = self._rpc("read", {"n": min(n - got, CHUNK)}, into=memoryview(there)[got:n])
+            if not k:
+                break
+            got += k
+        if there[:got] != view[:n]:
+            os.write(2, f"mosrun: task {os.environ.get('MOSIX_TASK_ID', '')}: its writes to {self.name!r} after "
+                        "its restart differ from what it wrote before (it is not deterministic from its "
+                        "checkpoint); the file takes the new bytes\n".encode())
+            self._replay_until = 0
+            return view
+        self._pos += n
+        self._reseek = True
+        return view[n:]
 
     def _write_now(self, view: memoryview) -> int:
         """Write as FileIO does: wait, and return what home wrote."""
