@@ -370,6 +370,7 @@ class NodeDaemon:
         await self._announce_leave()
         if self._server is not None:
             await self._server.stop(grace)
+        await self.tasks.stop()
         for channel in self._channels.values():
             await channel.close()
         for path in (self.config.socket, self.session_socket):

@@ -113,6 +113,13 @@ class TaskTable:
         self._runners: set[asyncio.Future[None]] = set()
         self.home_grace = home_grace
 
+    async def stop(self) -> None:
+        """The node stops: end the tasks still here (a graceful leave moved what it could)."""
+        for runner in list(self._runners):
+            runner.cancel()
+        if self._runners:
+            await asyncio.wait(self._runners, timeout=KILL_GRACE + 1.0)
+
     # ---- accounting (load sampler, gossip, mosps) ------------------------------------
 
     def pids(self) -> list[int]:
