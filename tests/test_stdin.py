@@ -128,3 +128,21 @@ def test_bytes_text_and_input_mix_as_in_python_and_a_resumed_copy_counts_from_it
     assert stdin.taken() == 1000
     assert sys.stdin.readline() == "more\n" and stdin.taken() == 1005
     assert sys.stdin.readline() == ""
+
+
+def test_iteration_mixed_with_readline_and_a_break_counts_exactly_what_was_taken() -> None:
+    import sys
+
+    payload = "".join(f"{i}\n" for i in range(5000)).encode()
+    _installed(payload)
+    seen = []
+    for line in sys.stdin:
+        seen.append(line)
+        if line == "10\n":
+            seen.append("readline:" + sys.stdin.readline())  # the loop's next line, taken here
+        if line == "3000\n":
+            break
+    assert seen[:13] == [f"{i}\n" for i in range(11)] + ["readline:11\n", "12\n"]
+    assert seen[-1] == "3000\n" and len(seen) == 3001
+    assert stdin.taken() == len("".join(f"{i}\n" for i in range(3001)))
+    assert next(iter(sys.stdin)) == "3001\n"  # a new loop goes on from there

@@ -17,6 +17,10 @@ import io
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at task start
+    from typing import Iterator
+
 CHUNK = 64 * 1024
 
 
@@ -25,7 +29,7 @@ class _Source:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.buf = bytearray()
+        self.buf = b""  # bytes, not a bytearray: a slice of it is one copy
         self.pos = 0
         self.start = 0  # the stream offset this copy's pipe starts at (after a move)
         self.read_total = 0
@@ -35,9 +39,6 @@ class _Source:
         """Read once more from the pipe; False at its end."""
         if self.eof:
             return False
-        if self.pos and self.pos == len(self.buf):
-            self.buf.clear()
-            self.pos = 0
         while True:
             try:
                 data = os.read(self.fd, max(size, CHUNK))
@@ -48,7 +49,8 @@ class _Source:
             self.eof = True
             return False
         self.read_total += len(data)
-        self.buf += data
+        self.buf = self.buf[self.pos:] + data if self.pos < len(self.buf) else data
+        self.pos = 0
         return True
 
     @property
@@ -56,7 +58,7 @@ class _Source:
         return len(self.buf) - self.pos
 
     def take(self, size: int) -> bytes:
-        data = bytes(self.buf[self.pos:self.pos + size])
+        data = self.buf[self.pos:self.pos + size]
         self.pos += len(data)
         return data
 
@@ -89,9 +91,10 @@ class BinaryStdin(io.BufferedIOBase):
     def read(self, size: int | None = -1) -> bytes:
         src = self._src
         if size is None or size < 0:
+            parts = [src.take(src.held)]
             while src.fill():
-                pass
-            return src.take(src.held)
+                parts.append(src.take(src.held))
+            return b"".join(parts)
         while src.held < size and src.fill(size - src.held):
             pass
         return src.take(size)
@@ -114,7 +117,7 @@ class BinaryStdin(io.BufferedIOBase):
     def peek(self, size: int = 0) -> bytes:
         if not self._src.held:
             self._src.fill()
-        return bytes(self._src.buf[self._src.pos:])
+        return self._src.buf[self._src.pos:]
 
     def detach(self) -> io.RawIOBase:
         raise io.UnsupportedOperation("the stdin of a mosix task cannot be detached")
@@ -131,6 +134,9 @@ class TextStdin(io.TextIOBase):
         self._decoder = codecs.getincrementaldecoder(encoding)(errors)
         self._chars = ""  # decoded, not yet taken by the program
         self._cr = False  # a "\r" held back: a "\n" may follow in the next bytes
+        # A line of these encodings ends on a character boundary: it may be decoded alone.
+        self._by_line = codecs.lookup(encoding).name in _LINE_SAFE
+        self._clean = self._by_line  # nothing held back in the decoder: a line may be decoded alone
 
     @property
     def buffer(self) -> BinaryStdin:  # type: ignore[override]
@@ -160,6 +166,7 @@ class TextStdin(io.TextIOBase):
         if self._cr:
             text = text[:-1]
         self._chars += text.replace("\r\n", "\n").replace("\r", "\n")
+        self._clean = self._by_line and not self._cr and not self._decoder.getstate()[0]
         return bool(data)
 
     def _more(self, line: bool) -> bool:
@@ -168,8 +175,7 @@ class TextStdin(io.TextIOBase):
 
     def read(self, size: int | None = -1) -> str:
         if size is None or size < 0:
-            while self._more(line=False):
-                pass
+            self._decode(self._buffer.read(), final=True)
             text, self._chars = self._chars, ""
             return text
         while len(self._chars) < size and self._more(line=False):
@@ -179,6 +185,16 @@ class TextStdin(io.TextIOBase):
 
     def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
         limit = -1 if size is None else size
+        if limit < 0 and self._clean and not self._chars:
+            # The common case, fast: one whole line of bytes, decoded alone.
+            src = self._src
+            end = src.buf.find(b"\n", src.pos)
+            raw = src.buf[src.pos:end + 1] if end >= 0 else src.line(-1)
+            if end >= 0:
+                src.pos = end + 1
+            if raw[-1:] == b"\n" and b"\r" not in raw:
+                return raw.decode(self._encoding, self._errors)
+            self._decode(raw, final=not raw)
         while "\n" not in self._chars and (limit < 0 or len(self._chars) < limit) and self._more(line=True):
             pass
         end = self._chars.find("\n") + 1 or len(self._chars)
@@ -186,6 +202,38 @@ class TextStdin(io.TextIOBase):
             end = min(end, limit)
         text, self._chars = self._chars[:end], self._chars[end:]
         return text
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return self._lines()
+
+    def _lines(self) -> Iterator[str]:
+        """``for line in sys.stdin``: readline's fast case inlined, as this is the hot loop."""
+        src, encoding, errors = self._src, self._encoding, self._errors
+        while True:
+            if self._clean and not self._chars:
+                # Fastest: a block of plain ASCII lines, split at once; each line taken only
+                # as it is handed out (the program may stop, or read otherwise, in between).
+                last = src.buf.rfind(b"\n", src.pos)
+                block = src.buf[src.pos:last + 1] if last >= 0 else b""
+                if len(block) > 256 and block.isascii() and b"\r" not in block:
+                    buf, at = src.buf, src.pos
+                    for piece in block.decode("ascii").split("\n")[:-1]:
+                        if src.buf is not buf or src.pos != at:
+                            break  # read otherwise meanwhile: look again
+                        at = src.pos = at + len(piece) + 1
+                        yield piece + "\n"
+                    continue
+                end = src.buf.find(b"\n", src.pos)
+                if end >= 0:
+                    raw = src.buf[src.pos:end + 1]
+                    if b"\r" not in raw:
+                        src.pos = end + 1
+                        yield raw.decode(encoding, errors)
+                        continue
+            line = self.readline()
+            if not line:
+                return
+            yield line
 
     def pending_bytes(self) -> int:
         """Bytes read from the pipe that the program has not taken through this object."""
@@ -195,6 +243,8 @@ class TextStdin(io.TextIOBase):
     def detach(self) -> io.BufferedIOBase:
         raise io.UnsupportedOperation("the stdin of a mosix task cannot be detached")
 
+
+_LINE_SAFE = frozenset(("utf-8", "ascii", "latin-1", "iso8859-1", "cp1252"))
 
 _source: _Source | None = None
 _text: TextStdin | None = None
