@@ -138,3 +138,30 @@ def test_a_home_that_comes_back_without_its_mosrun_ends_the_task_and_says_so(tmp
         assert not list(checkpoints.glob("*.ckpt"))
     finally:
         rig.stop()
+
+
+def test_after_the_home_came_back_a_failover_still_prints_each_line_once(tmp_path: Path) -> None:
+    rig = start_rig(3, tmp_path / "rig", "--no-balance")
+    try:
+        wait_for(rig.converged, 30)
+        (tmp_path / "job.py").write_text(counter(300, pause=0.05))
+        local = subprocess.run([PY, "job.py"], cwd=tmp_path, capture_output=True, timeout=60)
+        proc = subprocess.Popen([str(BIN / "mosrun"), "-A", "3", "-r", "n2", PY, "job.py"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=rig.env)
+        task = wait_for(lambda: next((t for t in _tasks(rig) if t["state"] == "running"), None), 30)
+        checkpoints = Path(rig.node("n1")["state_dir"]) / "checkpoints"
+        wait_for(lambda: list(checkpoints.glob(f"{task['id']}.*.ckpt")), 20)
+        _restart_home(rig)
+        wait_for(lambda: next((t for t in _tasks(rig) if t["state"] == "running"), None), 30)
+        wait_for(lambda: _tasks(rig, "n3") is not None and rig.view("n1") == {"n1": "up", "n2": "up", "n3": "up"},
+                 30, 0.1)
+        # Killed before this life stores a checkpoint of its own: the restart is from one the
+        # earlier life stored, and prints again what followed it.
+        time.sleep(1.0)
+        os.kill(rig.node("n2")["pid"], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert stdout == local.stdout
+        assert any("was lost; restarted on" in line for line in _mosrun_lines(stderr)), stderr
+    finally:
+        rig.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -62,7 +63,7 @@ class CheckpointKeeper:
             name = entry.name.lstrip(".")
             if any(name.startswith(f"{task_id}.") for task_id in keep):
                 continue
-            if entry.name.endswith((".ckpt", ".tmp")) and not name.startswith(mine):
+            if entry.name.endswith((".ckpt", ".tmp", ".json")) and not name.startswith(mine):
                 entry.unlink(missing_ok=True)
                 removed += 1
         if removed:
@@ -74,6 +75,27 @@ class CheckpointKeeper:
         """A task ended: its checkpoints are of no more use."""
         for old in list_checkpoints(self.checkpoint_dir, task_id):
             old.unlink(missing_ok=True)
+        self._offsets_path(task_id).unlink(missing_ok=True)
+
+    def _offsets_path(self, task_id: str) -> Path:
+        return self.checkpoint_dir / f"{task_id}.output.json"
+
+    def _save_offsets(self, task_id: str, offsets: dict[str, tuple[int, int]]) -> None:
+        """The output offsets of the stored checkpoints, on disk too: a restarted home that
+        takes the task back still knows what a restart from them would print again."""
+        path = self._offsets_path(task_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            json.dump({name: list(at) for name, at in offsets.items()}, out)
+        os.replace(tmp, path)
+
+    def load_offsets(self, task_id: str) -> dict[str, tuple[int, int]]:
+        """What ``_save_offsets`` kept ({} if nothing, or unreadable)."""
+        try:
+            raw = json.loads(self._offsets_path(task_id).read_text())
+            return {str(name): (int(at[0]), int(at[1])) for name, at in raw.items()}
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return {}
 
     async def store_checkpoints(self, live: LiveTask, send: Any) -> None:
         """mosrun -A: every so often, checkpoint the task to this (home) node. ``send`` tells
@@ -139,6 +161,7 @@ class CheckpointKeeper:
                 live.output_at[final.name] = output
             kept = {path.name for path in list_checkpoints(directory, live.spec.task_id)}
             live.output_at = {name: at for name, at in live.output_at.items() if name in kept}
+            self._save_offsets(live.spec.task_id, live.output_at)
         except TimeoutError:
             log.warning("task %s: checkpoint timed out", live.spec.task_id)
         finally:

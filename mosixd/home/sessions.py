@@ -359,6 +359,7 @@ class HomeSessions:
         spec.epoch = started.epoch or spec.epoch
         live = self.live[task_id] = LiveTask(spec=spec, record=record, call=call, node_id=node_id)
         live.stdin = StdinLog.starting_at(started.stdin_offset)
+        live.output_at = self.keeper.load_offsets(task_id)
         live.movable = started.movable
         if live.movable:
             live.became_movable.set()
