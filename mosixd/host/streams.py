@@ -22,11 +22,29 @@ log = logging.getLogger("mosixd.host.streams")
 CONNECT_TIMEOUT = 10.0    # to open the task's streams to its home's mosrun
 
 
+class _PipeEnd:
+    """A pipe end for uvloop's ``connect_write_pipe``: libuv closes the descriptor itself, and
+    uvloop would close it again through the file object it is given. When the number has been
+    reused meanwhile, that second close takes another thread's descriptor (uvloop issue 763):
+    so this object's ``close`` leaves it alone."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass
+
+
 async def stdin_writer(stdin_fd: int) -> asyncio.StreamWriter:
     """Our end of the child's stdin pipe as an asyncio stream (writes honour flow control)."""
     loop = asyncio.get_running_loop()
+    uvloop = type(loop).__module__.startswith("uvloop")
+    pipe = _PipeEnd(stdin_fd) if uvloop else os.fdopen(stdin_fd, "wb", buffering=0)
     transport, protocol = await loop.connect_write_pipe(
-        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(stdin_fd, "wb", buffering=0))
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), pipe)
     return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
