@@ -201,8 +201,11 @@ def test_a_silent_partition_from_the_node_running_a_task_ends_it_on_both_sides(h
     neither side hears an error, only the keepalives tell. mosrun reports the lost node within
     their bound (README: about 30 s), and the node ends its copy, whose home went silent."""
     hosts.put("n1", f"{HOME}/long.py", counter(4000, pause=0.05))
+    wait_for(hosts.converged, 60, 0.5)  # n2 may have been restarted by the test before
     proc = mosrun(hosts, "-r", "n2", PY, "long.py")
-    task = running_on(hosts, "n2")
+    task = wait_for(lambda: proc.poll() is not None or next(
+        (t for t in tasks(hosts) if t["state"] == "running" and t["where"] == "n2"), None), 60)
+    assert proc.poll() is None, proc.communicate()
     try:
         hosts.partition("n1", "n2", silent=True)
         stdout, stderr = proc.communicate(timeout=60)  # without keepalives: TCP's many minutes
