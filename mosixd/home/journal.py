@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from mosixd.wire import mosix_pb2 as pb
 from mosixd.wire.names import task_id_problem
+from mosixd.wire.tls import write_private
 
 log = logging.getLogger("mosixd.home.journal")
 
@@ -46,15 +46,9 @@ class SessionJournal:
 
     def save(self, spec: pb.TaskSpec, node_id: str, address: str) -> None:
         """Record (or update) a running task; atomic, so a crash leaves the old record or the new."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         text = json.dumps({"spec": base64.b64encode(spec.SerializeToString()).decode(), "node": node_id,
                            "address": address})
-        path = self._path(spec.task_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        write_private(self._path(spec.task_id), text.encode())
 
     def remove(self, task_id: str) -> None:
         self._path(task_id).unlink(missing_ok=True)

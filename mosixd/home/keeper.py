@@ -20,6 +20,7 @@ from mosixd.core.policy import JobRequest, NoRoom
 from mosixd.home.context import HomeNode
 from mosixd.home.livetask import CALL_ERRORS, LiveTask, exchange
 from mosixd.wire import mosix_pb2 as pb
+from mosixd.wire.tls import write_private
 from mosrun.runtime import transfer
 from mosrun.runtime.checkpoint import checkpoint_path, keep_last, list_checkpoints, read_header
 
@@ -83,11 +84,7 @@ class CheckpointKeeper:
     def _save_offsets(self, task_id: str, offsets: dict[str, tuple[int, int]]) -> None:
         """The output offsets of the stored checkpoints, on disk too: a restarted home that
         takes the task back still knows what a restart from them would print again."""
-        path = self._offsets_path(task_id)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-            json.dump({name: list(at) for name, at in offsets.items()}, out)
-        os.replace(tmp, path)
+        write_private(self._offsets_path(task_id), json.dumps({name: list(at) for name, at in offsets.items()}).encode())
 
     def load_offsets(self, task_id: str) -> dict[str, tuple[int, int]]:
         """What ``_save_offsets`` kept ({} if nothing, or unreadable)."""

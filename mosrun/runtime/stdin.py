@@ -72,12 +72,10 @@ class _Source:
                 return self.take(limit if limit >= 0 else self.held)
 
 
-class BinaryStdin(io.BufferedIOBase):
-    """``sys.stdin.buffer``: the pipe's bytes, counted."""
+class _Stdin:
+    """What both layers of the task's stdin say of themselves: fd 0, readable, not a tty."""
 
-    def __init__(self, source: _Source) -> None:
-        super().__init__()
-        self._src = source
+    _src: _Source
 
     def readable(self) -> bool:
         return True
@@ -87,6 +85,17 @@ class BinaryStdin(io.BufferedIOBase):
 
     def isatty(self) -> bool:
         return False
+
+    def detach(self) -> io.RawIOBase:
+        raise io.UnsupportedOperation("the stdin of a mosix task cannot be detached")
+
+
+class BinaryStdin(_Stdin, io.BufferedIOBase):
+    """``sys.stdin.buffer``: the pipe's bytes, counted."""
+
+    def __init__(self, source: _Source) -> None:
+        super().__init__()
+        self._src = source
 
     def read(self, size: int | None = -1) -> bytes:
         src = self._src
@@ -119,11 +128,8 @@ class BinaryStdin(io.BufferedIOBase):
             self._src.fill()
         return self._src.buf[self._src.pos:]
 
-    def detach(self) -> io.RawIOBase:
-        raise io.UnsupportedOperation("the stdin of a mosix task cannot be detached")
 
-
-class TextStdin(io.TextIOBase):
+class TextStdin(_Stdin, io.TextIOBase):
     """``sys.stdin``: decoded as python's would be (universal newlines), counted."""
 
     def __init__(self, source: _Source, encoding: str, errors: str) -> None:
@@ -149,15 +155,6 @@ class TextStdin(io.TextIOBase):
     @property
     def errors(self) -> str:  # type: ignore[override]
         return self._errors
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._src.fd
-
-    def isatty(self) -> bool:
-        return False
 
     def _decode(self, data: bytes, final: bool) -> bool:
         """Decode more into ``_chars``, newlines translated; False when nothing came (the end)."""
@@ -239,9 +236,6 @@ class TextStdin(io.TextIOBase):
         """Bytes read from the pipe that the program has not taken through this object."""
         undecoded = len(self._decoder.getstate()[0])
         return len(self._chars.encode(self._encoding, "surrogateescape")) + undecoded + self._cr
-
-    def detach(self) -> io.BufferedIOBase:
-        raise io.UnsupportedOperation("the stdin of a mosix task cannot be detached")
 
 
 _LINE_SAFE = frozenset(("utf-8", "ascii", "latin-1", "iso8859-1", "cp1252"))
